@@ -1,0 +1,55 @@
+//! Indexes of the `DROPS` per-CPU array: every place in the kernel programs that can lose
+//! data increments one of these, and the agent exports them.
+
+/// A place where data can be lost.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// The ring buffer was full when a connection open event was due.
+    RingbufOpen = 0,
+    /// The ring buffer was full when a connection close event was due: the connection's
+    /// final counters stay in `CONNS` until the LRU evicts them.
+    RingbufClose = 1,
+    /// Inserting into `CONNS` failed.
+    ConnInsert = 2,
+    /// A packet of a watched cgroup could not be parsed (truncated or unknown headers).
+    SkbUnparsed = 3,
+    /// Inserting into `SYSCALLS` failed (map full).
+    SyscallInsert = 4,
+    /// Inserting into `PROC_IO` failed (map full).
+    ProcIoInsert = 5,
+    /// Inserting into `PENDING_READS` failed: that read's bytes are not counted.
+    PendingReadInsert = 6,
+    /// A close was seen for a connection that has no entry (evicted from the LRU, or open
+    /// before the sensor started and never active since).
+    CloseUntracked = 7,
+}
+
+impl Drop {
+    /// Number of entries in `DROPS`.
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Drop; Self::COUNT as usize] = [
+        Drop::RingbufOpen,
+        Drop::RingbufClose,
+        Drop::ConnInsert,
+        Drop::SkbUnparsed,
+        Drop::SyscallInsert,
+        Drop::ProcIoInsert,
+        Drop::PendingReadInsert,
+        Drop::CloseUntracked,
+    ];
+
+    /// The name used in records and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Drop::RingbufOpen => "ringbuf_full_open",
+            Drop::RingbufClose => "ringbuf_full_close",
+            Drop::ConnInsert => "conn_map_insert",
+            Drop::SkbUnparsed => "skb_unparsed",
+            Drop::SyscallInsert => "syscall_map_insert",
+            Drop::ProcIoInsert => "proc_io_map_insert",
+            Drop::PendingReadInsert => "pending_read_insert",
+            Drop::CloseUntracked => "close_untracked",
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Helpers shared by the connection hooks: find or create a `CONNS` entry, emit lifecycle
+//! events with their counters.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use sensor_common::{
+    conn::{ConnStats, Tuple, flags},
+    drops::Drop,
+    event::{ConnEvent, kind},
+};
+
+use crate::maps::{CONNS, EVENTS, count_drop};
+
+/// Returns the entry of `cookie`, creating it (with `source`, `flags` and `tgid`) when absent.
+#[inline(always)]
+pub fn get_or_create(
+    cookie: u64,
+    source: u32,
+    new_flags: u32,
+    tgid: u32,
+) -> Option<*mut ConnStats> {
+    if let Some(stats) = CONNS.get_ptr_mut(cookie) {
+        return Some(stats);
+    }
+    let fresh = ConnStats {
+        // SAFETY: helper without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        source,
+        flags: new_flags,
+        tgid,
+        ..ConnStats::default()
+    };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; then we use theirs.
+    if CONNS.insert(cookie, fresh, 1).is_err() && CONNS.get_ptr_mut(cookie).is_none() {
+        count_drop(Drop::ConnInsert);
+        return None;
+    }
+    CONNS.get_ptr_mut(cookie)
+}
+
+/// Sends a lifecycle event; counts `drop_place` if the ring buffer is full.
+#[inline(always)]
+pub fn emit(
+    event_kind: u32,
+    cookie: u64,
+    tgid: u32,
+    tuple: &Tuple,
+    stats: &ConnStats,
+    tcp_counts: (u64, u64),
+) -> bool {
+    let drop_place = if event_kind == kind::CONN_OPEN {
+        Drop::RingbufOpen
+    } else {
+        Drop::RingbufClose
+    };
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count_drop(drop_place);
+        return false;
+    };
+    entry.write(ConnEvent {
+        kind: event_kind,
+        tgid,
+        cookie,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tuple: *tuple,
+        stats: *stats,
+        tcp_bytes_received: tcp_counts.0,
+        tcp_bytes_acked: tcp_counts.1,
+    });
+    entry.submit(0);
+    true
+}
+
+/// Emits the open event of an entry once.
+#[inline(always)]
+pub fn emit_open_once(cookie: u64, tgid: u32, tuple: &Tuple, stats: *mut ConnStats) {
+    // SAFETY: `stats` points into a live map value.
+    unsafe {
+        if (*stats).flags & flags::OPEN_SENT != 0 {
+            return;
+        }
+        (*stats).flags |= flags::OPEN_SENT;
+        emit(kind::CONN_OPEN, cookie, tgid, tuple, &*stats, (0, 0));
+    }
+}
+
+/// Emits the close event with the final counters and forgets the connection.
+#[inline(always)]
+pub fn close(cookie: u64, tuple: &Tuple, tcp_counts: (u64, u64)) {
+    let Some(stats) = CONNS.get_ptr(cookie) else {
+        count_drop(Drop::CloseUntracked);
+        return;
+    };
+    // SAFETY: `stats` points into a live map value; copied before the delete.
+    let copy = unsafe { *stats };
+    if emit(
+        kind::CONN_CLOSE,
+        cookie,
+        copy.tgid,
+        tuple,
+        &copy,
+        tcp_counts,
+    ) {
+        let _ = CONNS.remove(cookie);
+    } else {
+        // Keep the final counters where the agent's sweep will find them.
+        // SAFETY: as above; the entry is still live.
+        unsafe { (*(stats as *mut ConnStats)).flags |= flags::CLOSED };
+    }
+}

@@ -1,0 +1,158 @@
+//! cgroup_skb programs: per-connection stream bytes of the watched cgroup.
+//!
+//! Attached to the watched cgroup v2 directory only, so processes outside it never run them
+//! (the kernel calls them from `__cgroup_bpf_run_filter_skb`, kernel/bpf/cgroup.c, only for
+//! sockets whose cgroup has programs). The packet starts at its network header (the kernel
+//! pushes `skb->data` back to it before running the program).
+//!
+//! Bytes are counted as the advance of the highest TCP sequence number seen, so a
+//! retransmitted segment is not counted twice and a GSO/GRO packet counts all its payload.
+
+use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
+use sensor_common::{
+    conn::{ConnStats, flags, source},
+    drops::Drop,
+    kernel::IPPROTO_TCP,
+};
+
+use crate::{conn::get_or_create, maps::count_drop};
+
+/// Always let the packet through: the sensor observes, it never filters.
+const PASS: i32 = 1;
+
+/// TCP flag bits (RFC 9293, byte 13 of the header).
+const TCP_SYN: u8 = 0x02;
+
+#[cgroup_skb(ingress)]
+pub fn conn_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_count(&ctx, Direction::In);
+    PASS
+}
+
+#[cgroup_skb(egress)]
+pub fn conn_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_count(&ctx, Direction::Out);
+    PASS
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    In,
+    Out,
+}
+
+/// The first 20 bytes of an IPv4 header (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Head {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    rest: [u8; 10],
+}
+
+/// The fixed 40-byte IPv6 header (RFC 8200).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Head {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    addrs: [u8; 32],
+}
+
+/// The fixed 20-byte TCP header (RFC 9293).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHead {
+    ports: [u8; 4],
+    seq: [u8; 4],
+    ack: [u8; 4],
+    data_offset: u8,
+    flags: u8,
+    rest: [u8; 6],
+}
+
+fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
+    let first: u8 = ctx.load(0)?;
+    let (ip_len, protocol) = match first >> 4 {
+        4 => {
+            let ip: Ipv4Head = ctx.load(0)?;
+            (u32::from(ip.version_ihl & 0x0f) * 4, ip.protocol)
+        }
+        6 => {
+            // Extension headers before TCP are not followed (none on a proxy hop in
+            // practice); such packets are counted as unparsed below.
+            let ip: Ipv6Head = ctx.load(0)?;
+            (40, ip.next_header)
+        }
+        _ => return Ok(()),
+    };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let Ok(tcp) = ctx.load::<TcpHead>(ip_len as usize) else {
+        count_drop(Drop::SkbUnparsed);
+        return Ok(());
+    };
+    let header_len = ip_len + u32::from(tcp.data_offset >> 4) * 4;
+    let len = ctx.len();
+    if len < header_len {
+        count_drop(Drop::SkbUnparsed);
+        return Ok(());
+    }
+    let payload = len - header_len;
+    if payload == 0 {
+        // Pure ACKs, SYNs, FINs: nothing to count, and no map access on the hot path.
+        return Ok(());
+    }
+    // A SYN consumes one sequence number before the payload (TCP Fast Open).
+    let syn = u32::from(tcp.flags & TCP_SYN != 0);
+    let start = u32::from_be_bytes(tcp.seq).wrapping_add(syn);
+
+    // SAFETY: the context is a valid `__sk_buff` for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
+    let Some(stats) = get_or_create(cookie, source::CGROUP, 0, 0) else {
+        return Ok(());
+    };
+    // SAFETY: `stats` points into a live map value.
+    unsafe { advance(&mut *stats, dir, start, payload) };
+    Ok(())
+}
+
+/// Moves the direction's high-water mark to the end of this segment, counting only the
+/// sequence space not counted before.
+#[inline(always)]
+fn advance(stats: &mut ConnStats, dir: Direction, start: u32, payload: u32) {
+    let end = start.wrapping_add(payload);
+    let (next, bytes, segs, valid) = match dir {
+        Direction::In => (
+            &mut stats.seq_in_next,
+            &mut stats.bytes_in,
+            &mut stats.segs_in,
+            flags::SEQ_IN_VALID,
+        ),
+        Direction::Out => (
+            &mut stats.seq_out_next,
+            &mut stats.bytes_out,
+            &mut stats.segs_out,
+            flags::SEQ_OUT_VALID,
+        ),
+    };
+    if stats.flags & valid == 0 {
+        *next = start;
+        stats.flags |= valid;
+    }
+    // Sequence arithmetic modulo 2^32 (RFC 9293 3.4): positive means "beyond the mark".
+    let delta = end.wrapping_sub(*next) as i32;
+    if delta > 0 {
+        *bytes += delta as u64;
+        *next = end;
+    }
+    *segs += 1;
+}

@@ -1,0 +1,102 @@
+//! sock_ops program: connection lifecycle of the watched cgroup.
+//!
+//! Attached to the watched cgroup only. The kernel calls it from `tcp_call_bpf()`
+//! (include/net/tcp.h) at these points, with the `op` values of include/uapi/linux/bpf.h:
+//! - `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB` (4) from `tcp_finish_connect()` and
+//!   `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB` (5) from `tcp_init_transfer()`
+//!   (net/ipv4/tcp_input.c): a connection is established. We create its entry, emit the
+//!   open event with the 4-tuple and ask for state callbacks.
+//! - `BPF_SOCK_OPS_STATE_CB` (10), from `tcp_set_state()` (net/ipv4/tcp.c) once
+//!   `BPF_SOCK_OPS_STATE_CB_FLAG` is set, with `args[0]` = old state, `args[1]` = new state.
+//!   At `TCP_CLOSE` the socket is done, whether or not its file descriptor is still open
+//!   (a peer's FIN after our `shutdown()` closes the socket first), so the close event
+//!   carries the final counters.
+//!
+//! Field semantics of `struct bpf_sock_ops`: `local_port` is in host byte order,
+//! `remote_port` is the network-order port shifted left by 16 on little-endian
+//! (`sock_ops_convert_ctx_access()` in net/core/filter.c), addresses are network order.
+
+use aya_ebpf::{
+    bindings::bpf_sock_ops, helpers::bpf_get_socket_cookie, macros::sock_ops,
+    programs::SockOpsContext,
+};
+use sensor_common::{
+    conn::{Tuple, flags, source},
+    kernel::{AF_INET, AF_INET6, TCP_CLOSE},
+};
+
+use crate::conn::{close, emit_open_once, get_or_create};
+
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 1 << 2;
+
+#[sock_ops]
+pub fn conn_sockops(ctx: SockOpsContext) -> u32 {
+    let _ = try_conn_sockops(&ctx);
+    // sock_ops programs report success with 1; the value is not a verdict here.
+    1
+}
+
+fn try_conn_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+                .map_err(i64::from)?;
+            let cookie = cookie(ctx);
+            let tuple = tuple(ctx);
+            let stats = get_or_create(cookie, source::CGROUP, flags::FROM_START, 0).ok_or(0i64)?;
+            // SAFETY: `stats` points into a live map value.
+            unsafe { (*stats).flags |= flags::FROM_START };
+            emit_open_once(cookie, 0, &tuple, stats);
+        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            let ops = ctx.ops;
+            // SAFETY: `ops` is the program's context; these are plain u64 context fields.
+            let counts = unsafe { ((*ops).bytes_received, (*ops).bytes_acked) };
+            close(cookie(ctx), &tuple(ctx), counts);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the context is a valid `bpf_sock_ops` for the helper.
+    unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
+}
+
+/// Reads the 4-tuple. The verifier allows only 4-byte loads of the address fields, so the
+/// IPv6 words are read one by one.
+fn tuple(ctx: &SockOpsContext) -> Tuple {
+    let ops: *const bpf_sock_ops = ctx.ops;
+    let mut t = Tuple {
+        local_port: ctx.local_port() as u16,
+        remote_port: u16::from_be((ctx.remote_port() >> 16) as u16),
+        ..Tuple::default()
+    };
+    match ctx.family() as u16 {
+        AF_INET => {
+            t.family = AF_INET;
+            t.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+            t.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        }
+        AF_INET6 => {
+            t.family = AF_INET6;
+            for i in 0..4 {
+                // SAFETY: in-bounds 4-byte context loads.
+                let (l, r) = unsafe {
+                    (
+                        core::ptr::read_volatile(&(*ops).local_ip6[i]),
+                        core::ptr::read_volatile(&(*ops).remote_ip6[i]),
+                    )
+                };
+                t.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+                t.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+            }
+        }
+        _ => {}
+    }
+    t
+}

@@ -1,0 +1,27 @@
+//! Embeds the kernel object built by `cargo xtask build-ebpf`.
+//!
+//! The object is looked up at `$HOMESERVER_SENSOR_EBPF_OBJECT` if set, else at
+//! `<workspace>/target/bpfel-unknown-none/release/sensor`. When it is missing (a plain host
+//! `cargo build`, which must not need nightly), the agent is built without it and says so
+//! at start-up instead of failing to build.
+use std::{env, path::PathBuf};
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=HOMESERVER_SENSOR_EBPF_OBJECT");
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let object = env::var_os("HOMESERVER_SENSOR_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target/bpfel-unknown-none/release/sensor"));
+    println!("cargo:rerun-if-changed={}", object.display());
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("sensor.bpf.o");
+    match std::fs::read(&object) {
+        Ok(bytes) => {
+            std::fs::write(&out, bytes).expect("write OUT_DIR/sensor.bpf.o");
+            println!("cargo:rustc-cfg=ebpf_object");
+        }
+        Err(_) => {
+            std::fs::write(&out, []).expect("write OUT_DIR/sensor.bpf.o");
+        }
+    }
+    println!("cargo:rustc-check-cfg=cfg(ebpf_object)");
+}

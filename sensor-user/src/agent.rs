@@ -1,0 +1,476 @@
+//! The agent: discovery, planning and the event loop, with shutdown passed in (so tests run
+//! it in-process) and everything detached when it returns.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use sensor_common::{conn::flags, watch};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    attribute::Connections,
+    config::Config,
+    decode,
+    discover::{self, DiscoverError},
+    load::{LoadError, Sensor},
+    output::{JsonLines, ProcessRecord, Record, SCHEMA_VERSION, SensorRecord, Sink, WatchRecord},
+    plan::{self, Decision, Group, PlanError},
+    syscalls,
+    time::{KernelClock, monotonic_ns, now_rfc3339},
+};
+
+/// What to watch. Empty means: discover the homeserver's processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub pids: Vec<u32>,
+    pub cgroups: Vec<String>,
+}
+
+impl Targets {
+    pub fn is_discovery(&self) -> bool {
+        self.pids.is_empty() && self.cgroups.is_empty()
+    }
+}
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: Config,
+    pub targets: Targets,
+    pub events: Sink,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    pub proc_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("cannot write events to {sink:?}: {source}")]
+    Output {
+        sink: Sink,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot poll the kernel ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// What a run did, for callers and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub connections_reported: u64,
+    pub decode_errors: u64,
+}
+
+/// A group of processes and how it is watched now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Watched {
+    group: Group,
+    decision: Decision,
+    cgroup_abs: PathBuf,
+    cgroup_id: u64,
+}
+
+struct Agent {
+    opts: RunOptions,
+    sensor: Sensor,
+    out: JsonLines,
+    conns: Connections,
+    cgroup_mount: PathBuf,
+    watched: BTreeMap<String, Watched>,
+    /// Processes watched by the tracepoint mechanism now.
+    tp_pids: BTreeSet<u32>,
+    summary: Summary,
+    last_plan_error: Option<String>,
+}
+
+/// Runs the agent until `shutdown` completes or the duration elapses.
+pub async fn run(
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, AgentError> {
+    let mut sensor = Sensor::load(&opts.config)?;
+    let events = sensor.take_events()?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long
+    // as the AsyncFd owns the ring buffer.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| AgentError::Poll(e.into_parts().1))?;
+    let out = JsonLines::open(&opts.events).map_err(|source| AgentError::Output {
+        sink: opts.events.clone(),
+        source,
+    })?;
+    let cgroup_mount = match &opts.config.discovery.cgroup_root {
+        Some(root) => root.clone(),
+        None => discover::cgroup2_mount(&opts.proc_root)?,
+    };
+    let clock = KernelClock::new();
+    let mut agent = Agent {
+        conns: Connections::new(
+            opts.proc_root.clone(),
+            clock,
+            opts.config.accounting.call_counts,
+        ),
+        opts,
+        sensor,
+        out,
+        cgroup_mount,
+        watched: BTreeMap::new(),
+        tp_pids: BTreeSet::new(),
+        summary: Summary::default(),
+        last_plan_error: None,
+    };
+    if agent.opts.config.accounting.syscalls {
+        agent.sensor.attach_syscalls(&syscalls::read_family())?;
+    }
+    // Explicit targets must all be watchable at start; discovery may find nothing yet.
+    agent.rescan(true)?;
+    agent.sensor_record("start")?;
+
+    let rescan_every = Duration::from_millis(agent.opts.config.discovery.rescan_ms);
+    let mut rescan = tokio::time::interval(rescan_every);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    let duration = agent.opts.duration;
+    let deadline = async move {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(shutdown);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = &mut deadline => break,
+            guard = events.readable_mut() => {
+                let mut guard = guard.map_err(AgentError::Poll)?;
+                agent.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = rescan.tick() => agent.rescan(false)?,
+            _ = sweep.tick() => agent.sweep_closed()?,
+        }
+    }
+    agent.stop(events.get_mut())?;
+    Ok(agent.summary)
+}
+
+impl Agent {
+    fn write(&mut self, record: &Record) -> Result<(), AgentError> {
+        self.out.write(record).map_err(|source| AgentError::Output {
+            sink: self.opts.events.clone(),
+            source,
+        })
+    }
+
+    /// Reads every pending lifecycle event.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), AgentError> {
+        while let Some(item) = ring.next() {
+            let decoded = decode::conn_event(&item);
+            drop(item);
+            match decoded {
+                Ok(ev) => {
+                    if let Some(record) = self.conns.on_event(&ev) {
+                        self.summary.connections_reported += 1;
+                        self.write(&Record::Connection(record))?;
+                    }
+                }
+                Err(e) => {
+                    self.summary.decode_errors += 1;
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports connections whose close event could not be sent (ring buffer full).
+    fn sweep_closed(&mut self) -> Result<(), AgentError> {
+        let now = monotonic_ns();
+        for (cookie, stats) in self.sensor.connections()? {
+            if stats.flags & flags::CLOSED != 0 {
+                let record = self.conns.from_map(cookie, &stats, now);
+                self.sensor.remove_connection(cookie)?;
+                self.summary.connections_reported += 1;
+                self.write(&Record::Connection(record))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups to watch now.
+    fn groups(&self, at_start: bool) -> Result<Vec<Group>, AgentError> {
+        let proc_root = &self.opts.proc_root;
+        let targets = &self.opts.targets;
+        let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+        for arg in &targets.cgroups {
+            let (rel, _) = discover::resolve_cgroup_arg(&self.cgroup_mount, arg)?;
+            let pids = discover::cgroup_procs(&self.cgroup_mount, &rel)?;
+            groups.insert(
+                rel.clone(),
+                Group {
+                    cgroup: rel,
+                    pids,
+                    explicit_cgroup: true,
+                    not_dedicated: None,
+                },
+            );
+        }
+        let mut by_cgroup: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        if targets.is_discovery() {
+            for p in discover::find_synapse(proc_root)? {
+                by_cgroup
+                    .entry(p.cgroup.unwrap_or_else(|| "/".into()))
+                    .or_default()
+                    .push(p.pid);
+            }
+        }
+        for &pid in &targets.pids {
+            match discover::describe_pid(proc_root, pid) {
+                Ok(info) => by_cgroup
+                    .entry(info.cgroup.unwrap_or_else(|| "/".into()))
+                    .or_default()
+                    .push(info.tgid.unwrap_or(pid)),
+                // A PID given on the command line must exist at start; later it may exit.
+                Err(e) if at_start => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
+        for (cgroup, mut pids) in by_cgroup {
+            if groups.contains_key(&cgroup) {
+                continue;
+            }
+            pids.sort_unstable();
+            pids.dedup();
+            let dedication = discover::is_dedicated(proc_root, &self.cgroup_mount, &cgroup, &pids)?;
+            groups.insert(
+                cgroup.clone(),
+                Group {
+                    not_dedicated: (!dedication.is_dedicated()).then(|| dedication.to_string()),
+                    cgroup,
+                    pids,
+                    explicit_cgroup: false,
+                },
+            );
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Finds what to watch and brings the kernel side in line with it.
+    fn rescan(&mut self, at_start: bool) -> Result<(), AgentError> {
+        let groups = self.groups(at_start)?;
+        let mut next: BTreeMap<String, Watched> = BTreeMap::new();
+        for group in groups {
+            let decision = match plan::decide(&group, self.sensor.features()) {
+                Ok(d) => d,
+                Err(e) if at_start && !self.opts.targets.is_discovery() => return Err(e.into()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.last_plan_error.as_deref() != Some(&msg) {
+                        tracing::error!("{msg}");
+                        self.last_plan_error = Some(msg);
+                    }
+                    continue;
+                }
+            };
+            let cgroup_abs = self.cgroup_mount.join(group.cgroup.trim_start_matches('/'));
+            let cgroup_id = match &decision {
+                Decision::Cgroup { .. } => discover::cgroup_id(&cgroup_abs)?,
+                Decision::Tracepoint { .. } => 0,
+            };
+            next.insert(
+                group.cgroup.clone(),
+                Watched {
+                    group,
+                    decision,
+                    cgroup_abs,
+                    cgroup_id,
+                },
+            );
+        }
+        if next == self.watched {
+            return Ok(());
+        }
+        self.apply(next)?;
+        if !at_start {
+            self.sensor_record("watch")?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, next: BTreeMap<String, Watched>) -> Result<(), AgentError> {
+        // Detach what is no longer watched (or changed mechanism).
+        let old = std::mem::take(&mut self.watched);
+        for (rel, w) in &old {
+            let kept = next.get(rel).is_some_and(|n| {
+                n.decision.name() == w.decision.name() && n.cgroup_id == w.cgroup_id
+            });
+            if !kept && matches!(w.decision, Decision::Cgroup { .. }) {
+                self.sensor.detach_cgroup(rel, w.cgroup_id)?;
+            }
+        }
+        let mut tp_pids = BTreeSet::new();
+        let mut all_pids = Vec::new();
+        for (rel, w) in &next {
+            all_pids.extend(&w.group.pids);
+            match &w.decision {
+                Decision::Cgroup { why } => {
+                    if !self.sensor.attached_cgroups().contains(rel) {
+                        self.sensor.attach_cgroup(rel, &w.cgroup_abs, w.cgroup_id)?;
+                        tracing::info!("watching cgroup {rel} with cgroup programs: {why}");
+                    }
+                }
+                Decision::Tracepoint { why } => {
+                    tp_pids.extend(&w.group.pids);
+                    if !old.contains_key(rel) {
+                        tracing::warn!("watching PIDs {:?} with tracepoints: {why}", w.group.pids);
+                    }
+                }
+            }
+        }
+        let call_counts = self.opts.config.accounting.call_counts
+            && next
+                .values()
+                .any(|w| matches!(w.decision, Decision::Cgroup { .. }));
+        if !tp_pids.is_empty() || call_counts {
+            self.sensor.attach_sock_tracepoints(!tp_pids.is_empty())?;
+        }
+        for pid in tp_pids.difference(&self.tp_pids) {
+            self.sensor.watch_pid(*pid, watch::OWNS_CONNS)?;
+        }
+        let gone: Vec<u32> = self.tp_pids.difference(&tp_pids).copied().collect();
+        for pid in &gone {
+            self.sensor.unwatch_pid(*pid)?;
+        }
+        // Processes that left are reported once with their final accounting.
+        let before: BTreeSet<u32> = old.values().flat_map(|w| w.group.pids.clone()).collect();
+        let after: BTreeSet<u32> = all_pids.iter().copied().collect();
+        let exited: Vec<u32> = before.difference(&after).copied().collect();
+        self.tp_pids = tp_pids;
+        all_pids.sort_unstable();
+        self.conns.set_watched_pids(all_pids);
+        self.watched = next;
+        if self.opts.config.accounting.syscalls && !exited.is_empty() {
+            self.process_records(&exited, true)?;
+        }
+        Ok(())
+    }
+
+    fn process_records(&mut self, pids: &[u32], exited: bool) -> Result<(), AgentError> {
+        let counts = self.sensor.syscall_counts()?;
+        let io = self.sensor.proc_io()?;
+        for &pid in pids {
+            let syscalls: BTreeMap<String, u64> = counts
+                .iter()
+                .filter(|(k, _)| k.tgid == pid)
+                .map(|(k, n)| (syscalls::name(k.nr), *n))
+                .collect();
+            let file = io
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .map(|(_, io)| *io)
+                .unwrap_or_default();
+            self.write(&Record::Process(ProcessRecord {
+                ts: now_rfc3339(),
+                pid,
+                exited,
+                syscalls,
+                file_read_bytes: file.file_read_bytes,
+                file_reads: file.file_reads,
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn sensor_record(&mut self, phase: &str) -> Result<(), AgentError> {
+        let features = self.sensor.features().clone();
+        let mut unavailable = BTreeMap::new();
+        for (name, r) in [
+            ("cgroup", &features.cgroup_programs),
+            ("tracepoint", &features.sock_tracepoints),
+            ("syscalls", &features.syscall_tracepoints),
+        ] {
+            if let Err(e) = r {
+                unavailable.insert(name.to_string(), e.clone());
+            }
+        }
+        let mut drops: BTreeMap<String, u64> = self
+            .sensor
+            .drops()?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        drops.insert("decode_error".into(), self.summary.decode_errors);
+        drops.insert("owner_unresolved".into(), self.conns.unresolved);
+        let record = SensorRecord {
+            ts: now_rfc3339(),
+            schema: SCHEMA_VERSION,
+            phase: phase.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            attached: self
+                .sensor
+                .attached_mechanisms()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            watched: self
+                .watched
+                .values()
+                .map(|w| WatchRecord {
+                    cgroup: w.group.cgroup.clone(),
+                    pids: w.group.pids.clone(),
+                    mechanism: w.decision.name().to_string(),
+                    why: w.decision.why().to_string(),
+                })
+                .collect(),
+            unavailable,
+            drops,
+        };
+        self.write(&Record::Sensor(record))
+    }
+
+    /// Final drain, a record for every connection still open, per-process accounting, and
+    /// the stop record. The caller drops the sensor, which detaches everything.
+    fn stop(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), AgentError> {
+        self.drain(ring)?;
+        let now = monotonic_ns();
+        for (cookie, stats) in self.sensor.connections()? {
+            let record = self.conns.from_map(cookie, &stats, now);
+            self.summary.connections_reported += 1;
+            self.write(&Record::Connection(record))?;
+        }
+        if self.opts.config.accounting.syscalls {
+            let pids: Vec<u32> = self
+                .watched
+                .values()
+                .flat_map(|w| w.group.pids.clone())
+                .collect();
+            self.process_records(&pids, false)?;
+        }
+        self.sensor_record("stop")
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The proc root used by default.
+pub fn default_proc_root() -> &'static Path {
+    Path::new("/proc")
+}

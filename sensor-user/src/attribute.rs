@@ -1,0 +1,171 @@
+//! Attribution: which watched process owns each connection, and the connection records.
+//!
+//! In cgroup mode the kernel reports accepted connections from softirq context, where no
+//! process is current, so the owner is resolved here from /proc: the listening socket
+//! (or the exact connection) among the watched processes' sockets.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use sensor_common::conn::{ConnStats, flags};
+
+use crate::{
+    decode::{self, ConnEventView, Mechanism},
+    discover::SocketOwners,
+    output::ConnectionRecord,
+    time::KernelClock,
+};
+
+/// What the agent remembers of an open connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ConnInfo {
+    pid: Option<u32>,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    opened_ns: u64,
+}
+
+/// Open connections and the socket-owner cache.
+pub struct Connections {
+    proc_root: PathBuf,
+    clock: KernelClock,
+    /// Whether cgroup-mode connections have call counts (`accounting.call_counts`).
+    cgroup_call_counts: bool,
+    open: HashMap<u64, ConnInfo>,
+    owners: Option<SocketOwners>,
+    owners_scanned: Option<Instant>,
+    watched_pids: Vec<u32>,
+    /// Connections whose owner could not be found.
+    pub unresolved: u64,
+}
+
+/// How often the socket-owner cache may be rebuilt on a miss.
+const OWNER_RESCAN_MIN: Duration = Duration::from_millis(50);
+
+impl Connections {
+    pub fn new(proc_root: PathBuf, clock: KernelClock, cgroup_call_counts: bool) -> Self {
+        Self {
+            proc_root,
+            clock,
+            cgroup_call_counts,
+            open: HashMap::new(),
+            owners: None,
+            owners_scanned: None,
+            watched_pids: Vec::new(),
+            unresolved: 0,
+        }
+    }
+
+    /// The processes whose sockets may own connections (changes with discovery).
+    pub fn set_watched_pids(&mut self, pids: Vec<u32>) {
+        if pids != self.watched_pids {
+            self.watched_pids = pids;
+            self.owners = None;
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Handles a lifecycle event; returns the record of a closed connection.
+    pub fn on_event(&mut self, ev: &ConnEventView) -> Option<ConnectionRecord> {
+        match ev.lifecycle {
+            decode::Lifecycle::Open => {
+                let pid = ev.tgid.or_else(|| self.owner(ev.local, ev.peer));
+                self.open.insert(
+                    ev.cookie,
+                    ConnInfo {
+                        pid,
+                        local: ev.local,
+                        peer: ev.peer,
+                        opened_ns: ev.stats.start_ns,
+                    },
+                );
+                None
+            }
+            decode::Lifecycle::Close => {
+                let info = match self.open.remove(&ev.cookie) {
+                    Some(info) => info,
+                    // The open event was lost or came before the agent: resolve now.
+                    None => ConnInfo {
+                        pid: ev.tgid.or_else(|| self.owner(ev.local, ev.peer)),
+                        local: ev.local,
+                        peer: ev.peer,
+                        opened_ns: ev.stats.start_ns,
+                    },
+                };
+                Some(self.record(ev.cookie, &info, &ev.stats, ev.ts_ns, true))
+            }
+        }
+    }
+
+    /// The record of a connection read from the kernel map (still open at stop, or closed
+    /// while the ring buffer was full).
+    pub fn from_map(&mut self, cookie: u64, stats: &ConnStats, now_ns: u64) -> ConnectionRecord {
+        let closed = stats.flags & flags::CLOSED != 0;
+        let info = match self.open.remove(&cookie) {
+            Some(info) => info,
+            None => ConnInfo {
+                pid: (stats.tgid != 0).then_some(stats.tgid),
+                local: None,
+                peer: None,
+                opened_ns: stats.start_ns,
+            },
+        };
+        self.record(cookie, &info, stats, now_ns, closed)
+    }
+
+    fn record(
+        &self,
+        cookie: u64,
+        info: &ConnInfo,
+        stats: &ConnStats,
+        ts_ns: u64,
+        closed: bool,
+    ) -> ConnectionRecord {
+        let mechanism = decode::mechanism(stats);
+        let calls = mechanism == Mechanism::Tracepoint || self.cgroup_call_counts;
+        let segs = mechanism == Mechanism::Cgroup;
+        ConnectionRecord {
+            ts: self.clock.rfc3339(ts_ns),
+            pid: info.pid,
+            local: info.local.map(|a| a.to_string()),
+            peer: info.peer.map(|a| a.to_string()),
+            bytes_in: stats.bytes_in,
+            bytes_out: stats.bytes_out,
+            sends: calls.then_some(stats.sends),
+            recvs: calls.then_some(stats.recvs),
+            segs_in: segs.then_some(stats.segs_in),
+            segs_out: segs.then_some(stats.segs_out),
+            closed,
+            complete: decode::from_start(stats),
+            opened: self.clock.rfc3339(info.opened_ns),
+            mechanism,
+            cookie,
+        }
+    }
+
+    fn owner(&mut self, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option<u32> {
+        let (local, peer) = (local?, peer?);
+        if let Some(pid) = self.owners.as_ref().and_then(|o| o.owner(local, peer)) {
+            return Some(pid);
+        }
+        let may_rescan = self
+            .owners_scanned
+            .is_none_or(|t| t.elapsed() >= OWNER_RESCAN_MIN);
+        if may_rescan {
+            self.owners = Some(SocketOwners::scan(&self.proc_root, &self.watched_pids));
+            self.owners_scanned = Some(Instant::now());
+            if let Some(pid) = self.owners.as_ref().and_then(|o| o.owner(local, peer)) {
+                return Some(pid);
+            }
+        }
+        self.unresolved += 1;
+        None
+    }
+}

@@ -1,0 +1,131 @@
+//! The `homeserver-sensor` binary: parses the command line and runs the agent library.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use homeserver_sensor::{
+    agent::{self, RunOptions, Targets},
+    config::Config,
+    output::Sink,
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "eBPF sensor for Matrix homeservers: per-connection accounting of Synapse"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs, watch the homeserver and write JSON lines.
+    Run(RunArgs),
+    /// Check a configuration file and explain every error.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file [default: /etc/homeserver-sensor/config.toml if it exists].
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Watch this process (repeatable). Disables discovery of Synapse processes.
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Watch every process of this cgroup v2 (path under the cgroup v2 mount, or absolute;
+    /// repeatable). Disables discovery.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroups: Vec<String>,
+    /// Where to write JSON lines: a file, or `-` for stdout [default: output.events].
+    #[arg(long, value_name = "PATH")]
+    events: Option<String>,
+    /// Stop after this many seconds (records for open connections are flushed first).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Count send/receive calls per connection in cgroup mode too (see README: costs other
+    /// processes' socket calls a filter check).
+    #[arg(long)]
+    call_counts: bool,
+    /// Count syscalls and file bytes per watched process (see README: costs every process
+    /// on the host about 130 ns per syscall).
+    #[arg(long)]
+    syscall_counts: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HOMESERVER_SENSOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::CheckConfig { file } => Config::load(Some(&file))
+            .map(|_| println!("{}: OK", file.display()))
+            .map_err(anyhow::Error::from),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One sentence per cause, never a backtrace: these are errors a user can meet.
+            eprintln!("homeserver-sensor: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    config.accounting.call_counts |= args.call_counts;
+    config.accounting.syscalls |= args.syscall_counts;
+    if let Some(events) = args.events {
+        config.output.events = events;
+    }
+    let duration = match args.duration {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            anyhow::bail!("--duration must be a positive number of seconds, not {s}")
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let opts = RunOptions {
+        events: Sink::parse(&config.output.events),
+        config,
+        targets: Targets {
+            pids: args.pids,
+            cgroups: args.cgroups,
+        },
+        duration,
+        proc_root: agent::default_proc_root().to_owned(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            }
+        };
+        agent::run(opts, shutdown).await
+    })?;
+    Ok(())
+}

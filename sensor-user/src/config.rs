@@ -1,0 +1,264 @@
+//! Configuration: TOML, every key optional, unknown keys rejected. The command line
+//! overrides it (see the binary).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/homeserver-sensor/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// toml's message names the line and column and what was expected.
+    #[error("invalid configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration in {path}: {key} = {value}: {why}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub discovery: Discovery,
+    pub accounting: Accounting,
+    pub kernel: Kernel,
+    pub output: Output,
+}
+
+/// Which processes are watched when no `--pid`/`--cgroup` is given.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Discovery {
+    /// How often /proc is scanned for new or exited homeserver processes. New workers and
+    /// restarts are picked up within this interval.
+    pub rescan_ms: u64,
+    /// The cgroup v2 hierarchy; found in /proc/self/mountinfo when unset.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            rescan_ms: 500,
+            cgroup_root: None,
+        }
+    }
+}
+
+/// Optional accounting that costs processes outside the watched ones (see README).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Accounting {
+    /// Count send/receive calls per connection in cgroup mode too, with the socket
+    /// tracepoints. Every process's socket calls then run one filter check (tens of ns).
+    /// Off by default: the cgroup programs alone cost other processes nothing.
+    pub call_counts: bool,
+    /// Count syscalls by syscall and bytes read from files per watched process. Every
+    /// syscall of every process on the host then takes the slow path (+~130 ns).
+    pub syscalls: bool,
+}
+
+/// Kernel map sizes.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kernel {
+    /// Connections tracked at once (LRU; evictions are counted).
+    pub max_connections: u32,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            max_connections: sensor_common::sizes::CONNS_MAX,
+            ring_buffer_bytes: sensor_common::sizes::EVENTS_BYTES,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Output {
+    /// Where JSON lines go: a file path (appended to) or "-" for stdout.
+    pub events: String,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            events: String::from("-"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads `path`; a missing file at the default path means "all defaults".
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, value: String, why| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            value,
+            why,
+        };
+        let rb = self.kernel.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(bad(
+                "kernel.ring_buffer_bytes",
+                rb.to_string(),
+                "must be a power of two of at least 4096",
+            ));
+        }
+        if self.kernel.max_connections == 0 {
+            return Err(bad(
+                "kernel.max_connections",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if !(50..=60_000).contains(&self.discovery.rescan_ms) {
+            return Err(bad(
+                "discovery.rescan_ms",
+                self.discovery.rescan_ms.to_string(),
+                "must be between 50 and 60000",
+            ));
+        }
+        if self.output.events.is_empty() {
+            return Err(bad(
+                "output.events",
+                "\"\"".into(),
+                "must be a file path or \"-\" for stdout",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.discovery.rescan_ms, 500);
+        assert!(!c.accounting.call_counts);
+        assert!(!c.accounting.syscalls);
+        assert_eq!(c.kernel.ring_buffer_bytes, 4 << 20);
+        assert_eq!(c.output.events, "-");
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(
+            r#"
+            [discovery]
+            rescan_ms = 250
+            cgroup_root = "/sys/fs/cgroup"
+            [accounting]
+            call_counts = true
+            syscalls = true
+            [kernel]
+            max_connections = 1000
+            ring_buffer_bytes = 65536
+            [output]
+            events = "/var/log/homeserver-sensor/events.jsonl"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.discovery.rescan_ms, 250);
+        assert_eq!(
+            c.discovery.cgroup_root,
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert!(c.accounting.call_counts && c.accounting.syscalls);
+        assert_eq!(c.kernel.max_connections, 1000);
+        assert_eq!(c.output.events, "/var/log/homeserver-sensor/events.jsonl");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let err = parse("[accounting]\ncall_count = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("call_count"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_explained() {
+        let err = parse("[discovery]\nrescan_ms = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rescan_ms") || err.contains("integer"),
+            "{err}"
+        );
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let err = parse("[kernel]\nring_buffer_bytes = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("power of two"), "{err}");
+        let err = parse("[discovery]\nrescan_ms = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 50 and 60000"), "{err}");
+        let err = parse("[output]\nevents = \"\"\n").unwrap_err().to_string();
+        assert!(err.contains("output.events"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_named_file_is_an_error() {
+        // The default path does not exist on a development machine without the package.
+        if !Path::new(DEFAULT_PATH).exists() {
+            assert_eq!(Config::load(None).unwrap(), Config::default());
+        }
+        let err = Config::load(Some(Path::new("/nonexistent/hs.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/hs.toml"));
+    }
+}

@@ -1,0 +1,551 @@
+//! Loading the kernel object, attaching programs, and reading the kernel maps.
+//!
+//! Every program is loaded once at start; loading is how the agent learns what the kernel
+//! offers (`plan::Features`). Attaching follows the plan, and is undone when the `Sensor`
+//! is dropped (aya detaches every link it owns).
+
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError,
+        RawTracePoint, SockOps, cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
+    },
+};
+use sensor_common::{
+    conn::ConnStats,
+    drops::Drop,
+    maps, programs,
+    syscall::{ProcIo, SyscallKey},
+};
+
+use crate::{config::Config, plan::Features};
+
+/// The kernel object this agent was built with (`cargo xtask build-ebpf`).
+#[cfg(ebpf_object)]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor.bpf.o"));
+#[cfg(not(ebpf_object))]
+static OBJECT: &[u8] = &[];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this agent was built without its eBPF object; build it with `cargo xtask build-ebpf` and rebuild the agent (or use `cargo xtask run`)"
+    )]
+    NoObject,
+    #[error(
+        "not enough privilege to load eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE (see the systemd unit)"
+    )]
+    NotPrivileged,
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {what} named {name}: agent and kernel object disagree")]
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
+    #[error("the kernel refused program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {path}: {source}")]
+    CgroupOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Links of the cgroup programs attached to one cgroup.
+struct CgroupLinks {
+    ingress: CgroupSkbLinkId,
+    egress: CgroupSkbLinkId,
+    sockops: SockOpsLinkId,
+}
+
+/// The loaded kernel side.
+pub struct Sensor {
+    ebpf: Ebpf,
+    features: Features,
+    cgroups: StdHashMap<String, CgroupLinks>,
+    sock_io_attached: bool,
+    sock_state_attached: bool,
+    syscalls_attached: bool,
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps to it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels,
+    // where the map creation error that follows says so.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on Linux 5.11 and later");
+    }
+}
+
+/// Whether this process may load BPF programs: root, CAP_SYS_ADMIN, or CAP_BPF+CAP_PERFMON.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    cap_eff & CAP_SYS_ADMIN != 0 || (cap_eff & CAP_BPF != 0 && cap_eff & CAP_PERFMON != 0)
+}
+
+impl Sensor {
+    /// Loads the object and every program. Programs the kernel refuses are recorded in
+    /// `features()`, not fatal: the plan picks among those that loaded.
+    pub fn load(config: &Config) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        if !privileged() {
+            return Err(LoadError::NotPrivileged);
+        }
+        raise_memlock();
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .map_max_entries(maps::CONNS, config.kernel.max_connections)
+            .map_max_entries(maps::EVENTS, config.kernel.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(MapError::CreateError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    LoadError::NotPrivileged
+                }
+                _ => LoadError::Object(e),
+            })?;
+
+        let cgroup_programs = load_cgroup_programs(&mut ebpf);
+        let sock_tracepoints = match &btf {
+            None => Err("the kernel exposes no BTF at /sys/kernel/btf/vmlinux".to_string()),
+            Some(btf) => load_btf_tracepoints(&mut ebpf, btf),
+        };
+        let syscall_tracepoints = load_syscall_tracepoints(&mut ebpf);
+        if let Err(e) = &cgroup_programs
+            && e.contains("Operation not permitted")
+        {
+            return Err(LoadError::NotPrivileged);
+        }
+        Ok(Self {
+            ebpf,
+            features: Features {
+                cgroup_programs,
+                sock_tracepoints,
+                syscall_tracepoints,
+            },
+            cgroups: StdHashMap::new(),
+            sock_io_attached: false,
+            sock_state_attached: false,
+            syscalls_attached: false,
+        })
+    }
+
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Takes the ring buffer of lifecycle events (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or(LoadError::Missing {
+            what: "map",
+            name: maps::EVENTS,
+        })?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            name: maps::EVENTS,
+            source,
+        })
+    }
+
+    /// Attaches the cgroup programs to a cgroup v2 directory and marks its id as watched.
+    pub fn attach_cgroup(&mut self, rel: &str, abs: &Path, id: u64) -> Result<(), LoadError> {
+        if self.cgroups.contains_key(rel) {
+            return Ok(());
+        }
+        let dir = File::open(abs).map_err(|source| LoadError::CgroupOpen {
+            path: abs.to_owned(),
+            source,
+        })?;
+        let ingress = self.skb(programs::SKB_INGRESS)?.attach(
+            &dir,
+            CgroupSkbAttachType::Ingress,
+            CgroupAttachMode::Single,
+        );
+        let ingress = ingress.map_err(|source| LoadError::Program {
+            name: programs::SKB_INGRESS,
+            source,
+        })?;
+        let egress = self
+            .skb(programs::SKB_EGRESS)?
+            .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program {
+                name: programs::SKB_EGRESS,
+                source,
+            });
+        let egress = match egress {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.skb(programs::SKB_INGRESS)?.detach(ingress);
+                return Err(e);
+            }
+        };
+        let sockops = self
+            .sockops()?
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program {
+                name: programs::SOCK_OPS,
+                source,
+            });
+        let sockops = match sockops {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = self.skb(programs::SKB_INGRESS)?.detach(ingress);
+                let _ = self.skb(programs::SKB_EGRESS)?.detach(egress);
+                return Err(e);
+            }
+        };
+        self.cgroups.insert(
+            rel.to_owned(),
+            CgroupLinks {
+                ingress,
+                egress,
+                sockops,
+            },
+        );
+        self.watched_cgroups()?
+            .insert(id, 1, 0)
+            .map_err(|source| LoadError::Map {
+                name: maps::WATCHED_CGROUPS,
+                source,
+            })
+    }
+
+    /// Detaches the cgroup programs from a cgroup (its processes are gone).
+    pub fn detach_cgroup(&mut self, rel: &str, id: u64) -> Result<(), LoadError> {
+        if let Some(links) = self.cgroups.remove(rel) {
+            let detach = |r: Result<(), ProgramError>, name| {
+                r.map_err(|source| LoadError::Program { name, source })
+            };
+            detach(
+                self.skb(programs::SKB_INGRESS)?.detach(links.ingress),
+                programs::SKB_INGRESS,
+            )?;
+            detach(
+                self.skb(programs::SKB_EGRESS)?.detach(links.egress),
+                programs::SKB_EGRESS,
+            )?;
+            detach(self.sockops()?.detach(links.sockops), programs::SOCK_OPS)?;
+        }
+        let _ = self.watched_cgroups()?.remove(&id);
+        Ok(())
+    }
+
+    /// The cgroups the cgroup programs are attached to.
+    pub fn attached_cgroups(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.cgroups.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Attaches the socket send/receive tracepoints (and, for tracepoint mode, the state
+    /// tracepoint that reports closes).
+    pub fn attach_sock_tracepoints(&mut self, with_state: bool) -> Result<(), LoadError> {
+        if !self.sock_io_attached {
+            for name in [programs::SOCK_SEND, programs::SOCK_RECV] {
+                self.btf_tp(name)?
+                    .attach()
+                    .map_err(|source| LoadError::Program { name, source })?;
+            }
+            self.sock_io_attached = true;
+        }
+        if with_state && !self.sock_state_attached {
+            self.btf_tp(programs::SOCK_STATE)?
+                .attach()
+                .map_err(|source| LoadError::Program {
+                    name: programs::SOCK_STATE,
+                    source,
+                })?;
+            self.sock_state_attached = true;
+        }
+        Ok(())
+    }
+
+    /// Attaches the syscall tracepoints, telling the kernel which numbers are reads.
+    pub fn attach_syscalls(&mut self, read_nrs: &[u32]) -> Result<(), LoadError> {
+        if self.syscalls_attached {
+            return Ok(());
+        }
+        {
+            let map = self.map_mut(maps::READ_SYSCALLS)?;
+            let mut reads: HashMap<_, u32, u32> =
+                HashMap::try_from(map).map_err(|source| LoadError::Map {
+                    name: maps::READ_SYSCALLS,
+                    source,
+                })?;
+            for nr in read_nrs {
+                reads.insert(nr, 1, 0).map_err(|source| LoadError::Map {
+                    name: maps::READ_SYSCALLS,
+                    source,
+                })?;
+            }
+        }
+        for (name, tp) in [
+            (programs::SYS_ENTER, "sys_enter"),
+            (programs::SYS_EXIT, "sys_exit"),
+        ] {
+            let prog: &mut RawTracePoint = self.program(name)?;
+            prog.attach(tp)
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        self.syscalls_attached = true;
+        Ok(())
+    }
+
+    /// Names of the mechanisms attached now, for the sensor record.
+    pub fn attached_mechanisms(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if !self.cgroups.is_empty() {
+            v.extend(["cgroup_skb/ingress", "cgroup_skb/egress", "sock_ops"]);
+        }
+        if self.sock_io_attached {
+            v.extend(["tp_btf/sock_send_length", "tp_btf/sock_recv_length"]);
+        }
+        if self.sock_state_attached {
+            v.push("tp_btf/inet_sock_set_state");
+        }
+        if self.syscalls_attached {
+            v.extend(["raw_tp/sys_enter", "raw_tp/sys_exit"]);
+        }
+        v
+    }
+
+    /// Watches a process with the tracepoint mechanisms.
+    pub fn watch_pid(&mut self, pid: u32, flags: u32) -> Result<(), LoadError> {
+        self.watched_pids()?
+            .insert(pid, flags, 0)
+            .map_err(|source| LoadError::Map {
+                name: maps::WATCHED_PIDS,
+                source,
+            })
+    }
+
+    pub fn unwatch_pid(&mut self, pid: u32) -> Result<(), LoadError> {
+        let _ = self.watched_pids()?.remove(&pid);
+        Ok(())
+    }
+
+    /// The drop counters, summed over CPUs, by name.
+    pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>, LoadError> {
+        let map = self.map(maps::DROPS)?;
+        let drops: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::DROPS,
+                source,
+            })?;
+        let mut out = BTreeMap::new();
+        for place in Drop::ALL {
+            let values = drops
+                .get(&(place as u32), 0)
+                .map_err(|source| LoadError::Map {
+                    name: maps::DROPS,
+                    source,
+                })?;
+            out.insert(place.name(), values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// Every connection entry in the kernel now.
+    pub fn connections(&self) -> Result<Vec<(u64, ConnStats)>, LoadError> {
+        let map = self.map(maps::CONNS)?;
+        let conns: HashMap<_, u64, ConnStats> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::CONNS,
+                source,
+            })?;
+        // Entries deleted while we iterate end the walk early in the kernel's view; that
+        // only loses entries that are gone anyway.
+        Ok(conns.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Forgets a connection whose final counters were reported from the map.
+    pub fn remove_connection(&mut self, cookie: u64) -> Result<(), LoadError> {
+        let map = self.map_mut(maps::CONNS)?;
+        let mut conns: HashMap<_, u64, ConnStats> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::CONNS,
+                source,
+            })?;
+        let _ = conns.remove(&cookie);
+        Ok(())
+    }
+
+    /// Syscall counts per (process, syscall number), summed over CPUs.
+    pub fn syscall_counts(&self) -> Result<Vec<(SyscallKey, u64)>, LoadError> {
+        let map = self.map(maps::SYSCALLS)?;
+        let counts: PerCpuHashMap<_, SyscallKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::SYSCALLS,
+                source,
+            })?;
+        Ok(counts
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k, v.iter().sum()))
+            .collect())
+    }
+
+    /// File reads per process, summed over CPUs.
+    pub fn proc_io(&self) -> Result<Vec<(u32, ProcIo)>, LoadError> {
+        let map = self.map(maps::PROC_IO)?;
+        let io: PerCpuHashMap<_, u32, ProcIo> =
+            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::PROC_IO,
+                source,
+            })?;
+        Ok(io
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(pid, per_cpu)| {
+                let sum = per_cpu.iter().fold(ProcIo::default(), |a, b| ProcIo {
+                    file_read_bytes: a.file_read_bytes + b.file_read_bytes,
+                    file_reads: a.file_reads + b.file_reads,
+                });
+                (pid, sum)
+            })
+            .collect())
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, LoadError> {
+        self.ebpf
+            .map(name)
+            .ok_or(LoadError::Missing { what: "map", name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(LoadError::Missing { what: "map", name })
+    }
+
+    fn watched_pids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, LoadError> {
+        let map = self.map_mut(maps::WATCHED_PIDS)?;
+        HashMap::try_from(map).map_err(|source| LoadError::Map {
+            name: maps::WATCHED_PIDS,
+            source,
+        })
+    }
+
+    fn watched_cgroups(&mut self) -> Result<HashMap<&mut MapData, u64, u32>, LoadError> {
+        let map = self.map_mut(maps::WATCHED_CGROUPS)?;
+        HashMap::try_from(map).map_err(|source| LoadError::Map {
+            name: maps::WATCHED_CGROUPS,
+            source,
+        })
+    }
+
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        program_mut(&mut self.ebpf, name)
+    }
+
+    fn skb(&mut self, name: &'static str) -> Result<&mut CgroupSkb, LoadError> {
+        self.program(name)
+    }
+
+    fn sockops(&mut self) -> Result<&mut SockOps, LoadError> {
+        self.program(programs::SOCK_OPS)
+    }
+
+    fn btf_tp(&mut self, name: &'static str) -> Result<&mut BtfTracePoint, LoadError> {
+        self.program(name)
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(LoadError::Missing {
+        what: "program",
+        name,
+    })?;
+    prog.try_into()
+        .map_err(|source| LoadError::Program { name, source })
+}
+
+/// Formats a program error with its cause chain (the verifier log or errno).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn load_cgroup_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in [programs::SKB_INGRESS, programs::SKB_EGRESS] {
+        let prog: &mut CgroupSkb = program_mut(ebpf, name).map_err(|e| chain(&e))?;
+        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))?;
+    }
+    let prog: &mut SockOps = program_mut(ebpf, programs::SOCK_OPS).map_err(|e| chain(&e))?;
+    prog.load()
+        .map_err(|e| format!("{}: {}", programs::SOCK_OPS, chain(&e)))
+}
+
+fn load_btf_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+    for name in [
+        programs::SOCK_SEND,
+        programs::SOCK_RECV,
+        programs::SOCK_STATE,
+    ] {
+        // The program is named after its tracepoint.
+        let prog: &mut BtfTracePoint = program_mut(ebpf, name).map_err(|e| chain(&e))?;
+        prog.load(name, btf)
+            .map_err(|e| format!("tracepoint {name}: {}", chain(&e)))?;
+    }
+    Ok(())
+}
+
+fn load_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
+    for name in [programs::SYS_ENTER, programs::SYS_EXIT] {
+        let prog: &mut RawTracePoint = program_mut(ebpf, name).map_err(|e| chain(&e))?;
+        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))?;
+    }
+    Ok(())
+}

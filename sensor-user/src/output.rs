@@ -1,0 +1,224 @@
+//! Records and where they go. Every record is one JSON object on one line, with `kind` and
+//! `ts` (RFC 3339 UTC with milliseconds). The schema is documented in docs/events.md and
+//! versioned by `SCHEMA_VERSION`, carried in every `sensor` record.
+
+use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
+    io::{self, BufWriter, Write},
+    path::PathBuf,
+};
+
+use serde::Serialize;
+
+use crate::decode::Mechanism;
+
+/// Version of the record schema. Bump on any change that is not an added field.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One output record.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Connection(ConnectionRecord),
+    Process(ProcessRecord),
+    Sensor(SensorRecord),
+}
+
+/// A TCP connection of a watched process: emitted when it closes, and for every connection
+/// still open when the agent stops (`closed: false`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub ts: String,
+    /// The watched process that owns the connection; null if it could not be resolved.
+    pub pid: Option<u32>,
+    /// `"ip:port"`, IPv6 as `"[addr]:port"`; IPv4-mapped IPv6 is shown as IPv4.
+    pub local: Option<String>,
+    pub peer: Option<String>,
+    /// Payload bytes received from the peer.
+    pub bytes_in: u64,
+    /// Payload bytes sent to the peer.
+    pub bytes_out: u64,
+    /// Successful send/receive calls; null when the mechanism in use does not count calls
+    /// (cgroup mode without `accounting.call_counts`).
+    pub sends: Option<u64>,
+    pub recvs: Option<u64>,
+    /// Packets carrying payload (cgroup mode), else null.
+    pub segs_in: Option<u64>,
+    pub segs_out: Option<u64>,
+    pub closed: bool,
+    /// False when the connection was already open when the sensor started: the counts then
+    /// cover only what happened since.
+    pub complete: bool,
+    /// When the sensor first saw the connection.
+    pub opened: String,
+    pub mechanism: Mechanism,
+    /// The kernel's socket cookie: unique per connection for the life of the host.
+    pub cookie: u64,
+}
+
+/// Per-process accounting (syscall mechanism): at stop and when a watched process exits.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub ts: String,
+    pub pid: u32,
+    pub exited: bool,
+    /// Syscall counts by name since the sensor started watching the process.
+    pub syscalls: BTreeMap<String, u64>,
+    /// Bytes returned by read-family syscalls that were not socket receives.
+    pub file_read_bytes: u64,
+    pub file_reads: u64,
+}
+
+/// A mechanism chosen for a group of processes.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WatchRecord {
+    pub cgroup: String,
+    pub pids: Vec<u32>,
+    pub mechanism: String,
+    pub why: String,
+}
+
+/// The sensor's own state: at start, at stop, and when what is watched changes.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SensorRecord {
+    pub ts: String,
+    pub schema: u32,
+    /// `start`, `watch` (what is watched changed), or `stop`.
+    pub phase: String,
+    pub version: String,
+    pub kernel: String,
+    /// Programs attached now, as `type/name`.
+    pub attached: Vec<String>,
+    pub watched: Vec<WatchRecord>,
+    /// Programs the kernel refused, with its reason (mechanisms not available here).
+    pub unavailable: BTreeMap<String, String>,
+    /// Data lost, by place: kernel counters and the agent's own.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Where records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sink {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Sink {
+    pub fn parse(arg: &str) -> Self {
+        if arg == "-" {
+            Sink::Stdout
+        } else {
+            Sink::File(PathBuf::from(arg))
+        }
+    }
+}
+
+/// Writes records as JSON lines, flushed after every record so a reader (or a crash) never
+/// sees half a line.
+pub struct JsonLines {
+    out: Box<dyn Write + Send>,
+}
+
+impl JsonLines {
+    pub fn open(sink: &Sink) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = match sink {
+            Sink::Stdout => Box::new(BufWriter::new(io::stdout())),
+            Sink::File(path) => Box::new(BufWriter::new(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            )),
+        };
+        Ok(Self { out })
+    }
+
+    /// For tests: write into any writer.
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+        Self { out }
+    }
+
+    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnectionRecord {
+        ConnectionRecord {
+            ts: "2026-11-22T06:00:00.000Z".into(),
+            pid: Some(42),
+            local: Some("127.0.0.1:8008".into()),
+            peer: Some("[::1]:5000".into()),
+            bytes_in: 10,
+            bytes_out: 20,
+            sends: None,
+            recvs: None,
+            segs_in: Some(1),
+            segs_out: Some(2),
+            closed: true,
+            complete: true,
+            opened: "2026-11-22T05:59:59.000Z".into(),
+            mechanism: Mechanism::Cgroup,
+            cookie: 7,
+        }
+    }
+
+    #[test]
+    fn connection_record_has_the_contract_fields() {
+        let v = serde_json::to_value(Record::Connection(conn())).unwrap();
+        for key in [
+            "kind",
+            "ts",
+            "pid",
+            "local",
+            "peer",
+            "bytes_in",
+            "bytes_out",
+            "sends",
+            "recvs",
+            "closed",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["kind"], "connection");
+        assert_eq!(v["peer"], "[::1]:5000");
+        assert_eq!(v["mechanism"], "cgroup");
+        assert!(v["sends"].is_null());
+    }
+
+    #[test]
+    fn json_lines_are_one_object_per_line() {
+        #[derive(Clone, Default)]
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Shared::default();
+        let mut w = JsonLines::to_writer(Box::new(buf.clone()));
+        w.write(&Record::Connection(conn())).unwrap();
+        w.write(&Record::Connection(conn())).unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["kind"], "connection");
+        }
+    }
+
+    #[test]
+    fn sink_parses_dash_as_stdout() {
+        assert_eq!(Sink::parse("-"), Sink::Stdout);
+        assert_eq!(Sink::parse("/tmp/x"), Sink::File(PathBuf::from("/tmp/x")));
+    }
+}
