@@ -340,15 +340,23 @@ impl Agent {
                 }
             }
         }
-        let call_counts = self.opts.config.accounting.call_counts
-            && next
-                .values()
-                .any(|w| matches!(w.decision, Decision::Cgroup { .. }));
-        if !tp_pids.is_empty() || call_counts {
+        let any_cgroup = next
+            .values()
+            .any(|w| matches!(w.decision, Decision::Cgroup { .. }));
+        let call_counts = self.opts.config.accounting.call_counts && any_cgroup;
+        // The syscall programs tell file reads from socket reads by the receive tracepoint.
+        let syscalls = self.opts.config.accounting.syscalls && !next.is_empty();
+        if !tp_pids.is_empty() || call_counts || syscalls {
             self.sensor.attach_sock_tracepoints(!tp_pids.is_empty())?;
         }
-        for pid in tp_pids.difference(&self.tp_pids) {
+        let new_tp_pids: Vec<u32> = tp_pids.difference(&self.tp_pids).copied().collect();
+        for pid in &new_tp_pids {
             self.sensor.watch_pid(*pid, watch::OWNS_CONNS)?;
+        }
+        // Connections these processes already had are counted only from now on: remember
+        // them so their records say `complete: false`.
+        if !new_tp_pids.is_empty() {
+            self.conns.note_preexisting(&new_tp_pids);
         }
         let gone: Vec<u32> = self.tp_pids.difference(&tp_pids).copied().collect();
         for pid in &gone {

@@ -5,7 +5,7 @@
 //! (or the exact connection) among the watched processes' sockets.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -39,6 +39,8 @@ pub struct Connections {
     owners: Option<SocketOwners>,
     owners_scanned: Option<Instant>,
     watched_pids: Vec<u32>,
+    /// Connections that tracepoint-watched processes had before they were watched.
+    preexisting: HashSet<(SocketAddr, SocketAddr)>,
     /// Connections whose owner could not be found.
     pub unresolved: u64,
 }
@@ -56,6 +58,7 @@ impl Connections {
             owners: None,
             owners_scanned: None,
             watched_pids: Vec::new(),
+            preexisting: HashSet::new(),
             unresolved: 0,
         }
     }
@@ -66,6 +69,13 @@ impl Connections {
             self.watched_pids = pids;
             self.owners = None;
         }
+    }
+
+    /// Remembers the connections `pids` have now, before the tracepoints count anything
+    /// for them. (The cgroup programs see establishment themselves.)
+    pub fn note_preexisting(&mut self, pids: &[u32]) {
+        let now = SocketOwners::scan(&self.proc_root, pids);
+        self.preexisting.extend(now.connections());
     }
 
     pub fn open_count(&self) -> usize {
@@ -99,7 +109,12 @@ impl Connections {
                         opened_ns: ev.stats.start_ns,
                     },
                 };
-                Some(self.record(ev.cookie, &info, &ev.stats, ev.ts_ns, true))
+                let record = self.record(ev.cookie, &info, &ev.stats, ev.ts_ns, true);
+                // The 4-tuple may be reused by a new connection later.
+                if let (Some(l), Some(p)) = (info.local, info.peer) {
+                    self.preexisting.remove(&(l, p));
+                }
+                Some(record)
             }
         }
     }
@@ -131,6 +146,13 @@ impl Connections {
         let mechanism = decode::mechanism(stats);
         let calls = mechanism == Mechanism::Tracepoint || self.cgroup_call_counts;
         let segs = mechanism == Mechanism::Cgroup;
+        let complete = match mechanism {
+            Mechanism::Cgroup => decode::from_start(stats),
+            Mechanism::Tracepoint => match (info.local, info.peer) {
+                (Some(l), Some(p)) => !self.preexisting.contains(&(l, p)),
+                _ => false,
+            },
+        };
         ConnectionRecord {
             ts: self.clock.rfc3339(ts_ns),
             pid: info.pid,
@@ -143,7 +165,7 @@ impl Connections {
             segs_in: segs.then_some(stats.segs_in),
             segs_out: segs.then_some(stats.segs_out),
             closed,
-            complete: decode::from_start(stats),
+            complete,
             opened: self.clock.rfc3339(info.opened_ns),
             mechanism,
             cookie,

@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn formats_utc_with_milliseconds() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
-        assert_eq!(rfc3339_ms(t), "2026-11-18T08:26:40.123Z");
+        assert_eq!(rfc3339_ms(t), "2026-11-18T11:06:40.123Z");
     }
 
     #[test]

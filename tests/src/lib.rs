@@ -1,1 +1,463 @@
-//! Test fixtures.
+//! Fixtures for the privileged integration tests: a cgroup, the test HTTP server, the agent
+//! running in-process, and clients that count every byte they send and receive.
+//!
+//! Everything a fixture starts is stopped on drop (processes by PID, cgroups removed).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use homeserver_sensor::{
+    agent::{self, RunOptions, Summary, Targets},
+    config::Config,
+    discover,
+    output::Sink,
+};
+use serde_json::Value;
+
+/// Fails the test early, with a clear message, when not run as root.
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the privileged tests load eBPF programs: run them as root with `cargo xtask test`"
+    );
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A cgroup v2 directory created for one test and removed at the end.
+pub struct Cgroup {
+    pub mount: PathBuf,
+    /// Relative to the mount, with a leading slash.
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(name: &str) -> Self {
+        let mount = discover::cgroup2_mount(Path::new("/proc")).expect("cgroup v2 mount");
+        let rel = format!(
+            "/hs-test-{}-{}-{name}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let abs = mount.join(rel.trim_start_matches('/'));
+        std::fs::create_dir(&abs).unwrap_or_else(|e| panic!("mkdir {}: {e}", abs.display()));
+        Self { mount, rel, abs }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Processes must have left (been killed) before the directory can go.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.abs).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.abs.display());
+    }
+}
+
+/// The path of a binary built next to the test executable (the test server).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// A process started by a test, killed by PID on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    /// Starts `cmd`, first moving the new process into `cgroup` if given (before it creates
+    /// any socket: sockets keep the cgroup they were created in).
+    pub fn spawn(mut cmd: Command, cgroup: Option<&Cgroup>) -> Self {
+        if let Some(cg) = cgroup {
+            use std::os::unix::ffi::OsStrExt;
+            let procs = std::ffi::CString::new(cg.abs.join("cgroup.procs").as_os_str().as_bytes())
+                .expect("cgroup path without NUL");
+            // SAFETY: only async-signal-safe calls between fork and exec (open, write,
+            // close), with the path allocated before the fork. Writing "0" moves the
+            // writing process itself.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn test process");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test HTTP server (`test-server`), listening on the given addresses.
+pub struct Server {
+    pub process: Process,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Server {
+    pub fn start(listen: &[&str], cgroup: Option<&Cgroup>) -> Self {
+        let mut cmd = Command::new(sibling_binary("test-server"));
+        cmd.args(listen);
+        // glibc reads one byte of /proc/sys/vm/overcommit_memory whenever a thread gets a
+        // new malloc arena: a real file read that the syscall accounting rightly counts.
+        // One arena keeps the server's file reads exactly the files it serves.
+        cmd.env("MALLOC_ARENA_MAX", "1");
+        let mut process = Process::spawn(cmd, cgroup);
+        let stdout = process.child.stdout.take().expect("server stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addrs = (0..listen.len())
+            .map(|_| {
+                let line = lines.next().expect("server line").expect("server output");
+                line.strip_prefix("listening ")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected server output {line:?}"))
+            })
+            .collect();
+        Self { process, addrs }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// The agent, running in-process on its own thread until `stop`.
+pub struct Agent {
+    events: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<Summary, String>>>,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent and waits for its start record.
+    pub fn start(targets: Targets, config: Config) -> Self {
+        let dir = TempDir::new("agent");
+        let events = dir.path.join("events.jsonl");
+        let opts = RunOptions {
+            config,
+            targets,
+            events: Sink::File(events.clone()),
+            duration: None,
+            proc_root: PathBuf::from("/proc"),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(agent::run(opts, async {
+                let _ = rx.await;
+            }))
+            .map_err(|e| format!("{e:#}"))
+        });
+        let mut agent = Self {
+            events,
+            stop: Some(tx),
+            thread: Some(thread),
+            _dir: dir,
+        };
+        agent.wait_for(Duration::from_secs(30), |records| {
+            records
+                .iter()
+                .any(|r| r["kind"] == "sensor" && r["phase"] == "start")
+        });
+        agent
+    }
+
+    /// The records written so far.
+    pub fn records(&self) -> Vec<Value> {
+        read_records(&self.events)
+    }
+
+    /// Polls the records until `pred` holds; panics with the records after `timeout`, or if
+    /// the agent stopped with an error.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let records = self.records();
+            if pred(&records) {
+                return records;
+            }
+            if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self
+                    .thread
+                    .take()
+                    .expect("thread")
+                    .join()
+                    .expect("agent thread");
+                panic!("the agent stopped: {result:?}; records: {records:#?}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?}; records: {records:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent (like SIGTERM) and returns every record it wrote.
+    pub fn stop(mut self) -> Vec<Value> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let result = self
+            .thread
+            .take()
+            .expect("thread")
+            .join()
+            .expect("agent thread");
+        if let Err(e) = result {
+            panic!("the agent failed: {e}");
+        }
+        self.records()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the agent with `targets` and expects it to fail at start; returns its error.
+pub fn agent_start_error(targets: Targets) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let opts = RunOptions {
+        config: Config::default(),
+        targets,
+        events: Sink::File(PathBuf::from("/dev/null")),
+        duration: Some(Duration::from_secs(2)),
+        proc_root: PathBuf::from("/proc"),
+    };
+    match rt.block_on(agent::run(opts, std::future::pending())) {
+        Ok(s) => panic!("the agent started, expected an error (summary {s:?})"),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn read_records(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The connection records whose peer is this client address.
+pub fn connection_of<'a>(records: &'a [Value], client: SocketAddr) -> Vec<&'a Value> {
+    let peer = SocketAddr::new(client.ip().to_canonical(), client.port()).to_string();
+    records
+        .iter()
+        .filter(|r| r["kind"] == "connection" && r["peer"] == peer.as_str())
+        .collect()
+}
+
+/// A client connection that counts every byte it sends and receives.
+pub struct Client {
+    pub stream: TcpStream,
+    pub sent: u64,
+    pub received: u64,
+    pub responses: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self {
+            stream,
+            sent: 0,
+            received: 0,
+            responses: 0,
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+        self.sent += bytes.len() as u64;
+    }
+
+    /// Sends one request and reads its whole response; returns the body length.
+    pub fn request(&mut self, method: &str, path: &str, body: &[u8], close: bool) -> u64 {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        self.send(head.as_bytes());
+        self.send(body);
+        self.read_response()
+    }
+
+    /// Reads one response (headers, then `Content-Length` bytes of body).
+    pub fn read_response(&mut self) -> u64 {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = self.stream.read(&mut byte).expect("read head");
+            assert_eq!(n, 1, "connection closed inside a response head");
+            head.push(byte[0]);
+        }
+        self.received += head.len() as u64;
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        let mut remaining = len;
+        let mut buf = vec![0u8; 256 * 1024];
+        while remaining > 0 {
+            let want = remaining.min(buf.len() as u64) as usize;
+            let n = self.stream.read(&mut buf[..want]).expect("read body");
+            assert!(n > 0, "connection closed inside a body");
+            remaining -= n as u64;
+        }
+        self.received += len;
+        self.responses += 1;
+        len
+    }
+
+    /// Half-closes (no more sends), then reads until the server closes.
+    pub fn finish_reading(&mut self) {
+        self.stream.shutdown(Shutdown::Write).expect("shutdown");
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => self.received += n as u64,
+                Err(e) => panic!("read after shutdown: {e}"),
+            }
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "hs-test-{}-{}-{name}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Waits until the kernel has finished closing the connections the test closed (their
+/// TCP_CLOSE state change happens on the peer's last ACK, after the client returns).
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Number of BPF programs attached to a cgroup (ingress, egress and sock_ops), from the
+/// kernel's `BPF_PROG_QUERY` (include/uapi/linux/bpf.h, `union bpf_attr` query layout).
+pub fn cgroup_program_count(cgroup: &std::fs::File) -> u32 {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        rest: [u64; 4],
+    }
+    // BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS, BPF_CGROUP_SOCK_OPS.
+    [0u32, 1, 3]
+        .iter()
+        .map(|&attach_type| {
+            let mut q = Query {
+                target_fd: cgroup.as_raw_fd() as u32,
+                attach_type,
+                ..Query::default()
+            };
+            // SAFETY: a valid bpf_attr prefix for BPF_PROG_QUERY, with its size.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_QUERY,
+                    &mut q as *mut Query,
+                    std::mem::size_of::<Query>() as u32,
+                )
+            };
+            assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+            q.prog_cnt
+        })
+        .sum()
+}

@@ -251,6 +251,11 @@ impl SocketOwners {
         )
     }
 
+    /// Every connected socket's (local, remote), normalised as in [`SocketOwners::owner`].
+    pub fn connections(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
+        self.connected.keys().copied()
+    }
+
     /// Number of connected and listening sockets known.
     pub fn len(&self) -> usize {
         self.connected.len() + self.listeners.values().map(Vec::len).sum::<usize>()

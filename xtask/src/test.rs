@@ -1,0 +1,115 @@
+//! `cargo xtask test`: the unprivileged tier, then the privileged tier as root.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::{
+    cmd::{self, Root, step},
+    ebpf,
+};
+
+/// The package that holds the privileged integration tests.
+const PRIVILEGED: &str = "homeserver-sensor-tests";
+
+/// The tracepoint programs attach through tracefs, which this machine does not mount at boot.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Options of `cargo xtask test`.
+#[derive(Args)]
+pub struct TestOptions {
+    /// Run only the unprivileged tests (no root, no nightly).
+    #[arg(long, conflicts_with = "privileged_only")]
+    pub unit_only: bool,
+    /// Run only the privileged integration tests.
+    #[arg(long)]
+    pub privileged_only: bool,
+    #[command(flatten)]
+    pub ebpf: ebpf::Options,
+    /// Test name filter (and any other test-binary arguments), after `--`; given to both tiers.
+    #[arg(last = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+/// Runs the test tiers in order and stops at the first that fails.
+pub fn test(opts: &TestOptions) -> Result<()> {
+    if !opts.privileged_only {
+        step("running the unprivileged tests (every crate but the kernel and privileged ones)...");
+        cmd::run(
+            cmd::cargo()
+                .args([
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    PRIVILEGED,
+                    "--exclude",
+                    "sensor-ebpf",
+                    "--",
+                ])
+                .args(&opts.filter),
+        )?;
+    }
+    if opts.unit_only {
+        return Ok(());
+    }
+    ebpf::build(&opts.ebpf)?;
+    let root = Root::get("the privileged tests")?;
+    ensure_tracefs(root)?;
+    step(match root {
+        Root::Already => "running the privileged tests, one at a time...".to_owned(),
+        Root::Sudo => {
+            "running the privileged tests as root through sudo, one at a time...".to_owned()
+        }
+    });
+    let mut cargo = cmd::cargo();
+    if root == Root::Sudo {
+        // Build as the user, run only the test binaries as root: cargo starts them through
+        // the target's runner.
+        cargo.env(runner_var()?, "sudo -E");
+    }
+    // One test at a time: the tests share kernel state (programs, maps, cgroups).
+    cargo
+        .args(["test", "--package", PRIVILEGED, "--", "--test-threads=1"])
+        .args(&opts.filter);
+    cmd::run(&mut cargo)
+}
+
+/// Mounts tracefs at /sys/kernel/tracing unless it is there.
+fn ensure_tracefs(root: Root) -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() || tracefs_in_mounts() {
+        return Ok(());
+    }
+    step(format!(
+        "mounting tracefs at {TRACEFS} (the tracepoints need it)..."
+    ));
+    cmd::run(
+        root.command("mount")
+            .args(["-t", "tracefs", "tracefs", TRACEFS]),
+    )
+    .with_context(|| format!("cannot mount tracefs at {TRACEFS}"))
+}
+
+/// True if /proc/self/mounts lists tracefs at /sys/kernel/tracing (readable without root,
+/// unlike the mount point itself).
+fn tracefs_in_mounts() -> bool {
+    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            fields.next() == Some(TRACEFS) && fields.next() == Some("tracefs")
+        })
+    })
+}
+
+/// `CARGO_TARGET_<HOST>_RUNNER`, the variable that sets how cargo starts host test binaries.
+fn runner_var() -> Result<String> {
+    let info = cmd::output(Command::new("rustc").arg("-vV"))?;
+    let host = info
+        .lines()
+        .find_map(|line| line.strip_prefix("host: "))
+        .context("`rustc -vV` printed no host triple")?;
+    Ok(format!(
+        "CARGO_TARGET_{}_RUNNER",
+        host.to_uppercase().replace(['-', '.'], "_")
+    ))
+}
