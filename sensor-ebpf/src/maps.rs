@@ -60,10 +60,10 @@ pub fn count_drop(place: Drop) {
 pub fn watch_of(tgid: u32) -> Option<u32> {
     // SAFETY: read-only lookups of plain integers; helper without arguments.
     unsafe {
-        if let Some(flags) = WATCHED_PIDS.get(&tgid) {
+        if let Some(flags) = WATCHED_PIDS.get(tgid) {
             return Some(*flags);
         }
         let cgid = aya_ebpf::helpers::bpf_get_current_cgroup_id();
-        WATCHED_CGROUPS.get(&cgid).map(|_| 0)
+        WATCHED_CGROUPS.get(cgid).map(|_| 0)
     }
 }

@@ -8,14 +8,20 @@
 //! Bytes are counted as the advance of the highest TCP sequence number seen, so a
 //! retransmitted segment is not counted twice and a GSO/GRO packet counts all its payload.
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_skb, programs::SkBuffContext};
+use aya_ebpf::{
+    bindings::__sk_buff, helpers::bpf_get_socket_cookie, macros::cgroup_skb,
+    programs::SkBuffContext,
+};
 use sensor_common::{
-    conn::{ConnStats, flags, source},
+    conn::{ConnStats, Tuple, flags, source},
     drops::Drop,
-    kernel::IPPROTO_TCP,
+    kernel::{AF_INET, AF_INET6, IPPROTO_TCP},
 };
 
-use crate::{conn::get_or_create, maps::count_drop};
+use crate::{
+    conn::{emit_open_once, get_or_create},
+    maps::count_drop,
+};
 
 /// Always let the packet through: the sensor observes, it never filters.
 const PASS: i32 = 1;
@@ -122,7 +128,49 @@ fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
     };
     // SAFETY: `stats` points into a live map value.
     unsafe { advance(&mut *stats, dir, start, payload) };
+    // A connection established before the programs were attached has no open event from
+    // sock_ops: send one, with the 4-tuple the packet's socket gives.
+    // SAFETY: as above.
+    if unsafe { (*stats).flags } & flags::OPEN_SENT == 0 {
+        emit_open_once(cookie, 0, &tuple(ctx), stats);
+    }
     Ok(())
+}
+
+/// The 4-tuple of the packet's socket, from the `__sk_buff` socket fields that cgroup_skb
+/// programs may read (`cg_skb_is_valid_access()`, net/core/filter.c). Like in sock_ops,
+/// `local_port` is host order and `remote_port` the network-order port shifted left by 16;
+/// the IPv6 words must be read with 4-byte loads.
+fn tuple(ctx: &SkBuffContext) -> Tuple {
+    let skb: *const __sk_buff = ctx.skb.skb;
+    let mut t = Tuple {
+        local_port: ctx.skb.local_port() as u16,
+        remote_port: u16::from_be((ctx.skb.remote_port() >> 16) as u16),
+        ..Tuple::default()
+    };
+    match ctx.skb.family() as u16 {
+        AF_INET => {
+            t.family = AF_INET;
+            t.local_addr[..4].copy_from_slice(&ctx.skb.local_ipv4().to_ne_bytes());
+            t.remote_addr[..4].copy_from_slice(&ctx.skb.remote_ipv4().to_ne_bytes());
+        }
+        AF_INET6 => {
+            t.family = AF_INET6;
+            for i in 0..4 {
+                // SAFETY: in-bounds 4-byte context loads.
+                let (l, r) = unsafe {
+                    (
+                        core::ptr::read_volatile(&(*skb).local_ip6[i]),
+                        core::ptr::read_volatile(&(*skb).remote_ip6[i]),
+                    )
+                };
+                t.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+                t.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+            }
+        }
+        _ => {}
+    }
+    t
 }
 
 /// Moves the direction's high-water mark to the end of this segment, counting only the

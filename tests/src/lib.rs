@@ -301,7 +301,7 @@ pub fn read_records(path: &Path) -> Vec<Value> {
 }
 
 /// The connection records whose peer is this client address.
-pub fn connection_of<'a>(records: &'a [Value], client: SocketAddr) -> Vec<&'a Value> {
+pub fn connection_of(records: &[Value], client: SocketAddr) -> Vec<&Value> {
     let peer = SocketAddr::new(client.ip().to_canonical(), client.port()).to_string();
     records
         .iter()
@@ -460,4 +460,73 @@ pub fn cgroup_program_count(cgroup: &std::fs::File) -> u32 {
             q.prog_cnt
         })
         .sum()
+}
+
+/// A stand-in Synapse: `python3 -m synapse.app.<role> -c CONFIG`, from a module written to a
+/// temporary directory, serving `GET /bytes/N` over HTTP/1.1 keep-alive. The agent must find
+/// it by its command line, exactly as it finds the real one.
+pub struct FakeSynapse {
+    pub process: Process,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+const FAKE_SYNAPSE: &str = r#"
+import http.server, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        n = int(self.path.rsplit("/", 1)[-1]) if self.path.startswith("/bytes/") else 2
+        body = b"x" * n
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print("listening 127.0.0.1:%d" % server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl FakeSynapse {
+    pub fn start(role: &str, cgroup: Option<&Cgroup>) -> Self {
+        let dir = TempDir::new("synapse");
+        let app = dir.path.join("synapse/app");
+        std::fs::create_dir_all(&app).expect("module dir");
+        std::fs::write(dir.path.join("synapse/__init__.py"), "").expect("write module");
+        std::fs::write(app.join("__init__.py"), "").expect("write module");
+        std::fs::write(app.join(format!("{role}.py")), FAKE_SYNAPSE).expect("write module");
+        let config = dir.path.join("homeserver.yaml");
+        std::fs::write(&config, "server_name: test.example\n").expect("write config");
+        let mut cmd = Command::new("python3");
+        cmd.arg("-m")
+            .arg(format!("synapse.app.{role}"))
+            .arg("-c")
+            .arg(&config)
+            .current_dir(&dir.path)
+            .env("PYTHONPATH", &dir.path);
+        let mut process = Process::spawn(cmd, cgroup);
+        let stdout = process.child.stdout.take().expect("stdout");
+        let line = BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("fake synapse output")
+            .expect("read fake synapse output");
+        let addr = line
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected fake synapse output {line:?}"));
+        Self {
+            process,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
 }
