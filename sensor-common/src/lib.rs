@@ -37,7 +37,9 @@ pub mod maps {
 /// Default sizes of the maps; the agent may override them at load time.
 pub mod sizes {
     /// Live connections tracked at once. An LRU map: when full, the least recently used
-    /// entry is evicted and the eviction is counted (see `drops::Drop::ConnEvicted`).
+    /// entry is evicted. The kernel does not report evictions; the agent counts them when an
+    /// evicted connection shows up again (a second open event for its cookie) or closes
+    /// (`drops::Drop::CloseUntracked`).
     pub const CONNS_MAX: u32 = 131_072;
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub const EVENTS_BYTES: u32 = 4 << 20;

@@ -422,6 +422,7 @@ impl Agent {
             .collect();
         drops.insert("decode_error".into(), self.summary.decode_errors);
         drops.insert("owner_unresolved".into(), self.conns.unresolved);
+        drops.insert("conn_evicted".into(), self.conns.evicted);
         let record = SensorRecord {
             ts: now_rfc3339(),
             schema: SCHEMA_VERSION,

@@ -43,6 +43,9 @@ pub struct Connections {
     preexisting: HashSet<(SocketAddr, SocketAddr)>,
     /// Connections whose owner could not be found.
     pub unresolved: u64,
+    /// Live connections the kernel's LRU map evicted (seen again as a second open): their
+    /// counts restarted from zero.
+    pub evicted: u64,
 }
 
 /// How often the socket-owner cache may be rebuilt on a miss.
@@ -60,6 +63,7 @@ impl Connections {
             watched_pids: Vec::new(),
             preexisting: HashSet::new(),
             unresolved: 0,
+            evicted: 0,
         }
     }
 
@@ -86,6 +90,9 @@ impl Connections {
     pub fn on_event(&mut self, ev: &ConnEventView) -> Option<ConnectionRecord> {
         match ev.lifecycle {
             decode::Lifecycle::Open => {
+                if self.open.contains_key(&ev.cookie) {
+                    self.evicted += 1;
+                }
                 let pid = ev.tgid.or_else(|| self.owner(ev.local, ev.peer));
                 self.open.insert(
                     ev.cookie,

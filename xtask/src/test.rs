@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the unprivileged tier, then the privileged tier as root.
 
-use std::{fs, path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -12,9 +12,6 @@ use crate::{
 
 /// The package that holds the privileged integration tests.
 const PRIVILEGED: &str = "homeserver-sensor-tests";
-
-/// The tracepoint programs attach through tracefs, which this machine does not mount at boot.
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Options of `cargo xtask test`.
 #[derive(Args)]
@@ -54,8 +51,12 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         return Ok(());
     }
     ebpf::build(&opts.ebpf)?;
+    // The command-line tests run the agent binary itself, with the object just built.
+    step("building the agent binary for the command-line tests...");
+    cmd::run(cmd::cargo().args(["build", "--package", "homeserver-sensor", "--bins"]))?;
+    // No tracefs needed: the programs are cgroup, BTF-tracepoint and raw-tracepoint
+    // programs, which attach by BTF id or name through bpf(2), not through tracefs.
     let root = Root::get("the privileged tests")?;
-    ensure_tracefs(root)?;
     step(match root {
         Root::Already => "running the privileged tests, one at a time...".to_owned(),
         Root::Sudo => {
@@ -73,32 +74,6 @@ pub fn test(opts: &TestOptions) -> Result<()> {
         .args(["test", "--package", PRIVILEGED, "--", "--test-threads=1"])
         .args(&opts.filter);
     cmd::run(&mut cargo)
-}
-
-/// Mounts tracefs at /sys/kernel/tracing unless it is there.
-fn ensure_tracefs(root: Root) -> Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() || tracefs_in_mounts() {
-        return Ok(());
-    }
-    step(format!(
-        "mounting tracefs at {TRACEFS} (the tracepoints need it)..."
-    ));
-    cmd::run(
-        root.command("mount")
-            .args(["-t", "tracefs", "tracefs", TRACEFS]),
-    )
-    .with_context(|| format!("cannot mount tracefs at {TRACEFS}"))
-}
-
-/// True if /proc/self/mounts lists tracefs at /sys/kernel/tracing (readable without root,
-/// unlike the mount point itself).
-fn tracefs_in_mounts() -> bool {
-    fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            fields.next() == Some(TRACEFS) && fields.next() == Some("tracefs")
-        })
-    })
 }
 
 /// `CARGO_TARGET_<HOST>_RUNNER`, the variable that sets how cargo starts host test binaries.
