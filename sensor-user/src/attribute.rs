@@ -198,3 +198,104 @@ impl Connections {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::conn::source;
+
+    use super::*;
+    use crate::decode::Lifecycle;
+
+    fn view(lifecycle: Lifecycle, cookie: u64, tgid: Option<u32>, src: u32) -> ConnEventView {
+        ConnEventView {
+            lifecycle,
+            cookie,
+            tgid,
+            ts_ns: 1_000_000,
+            local: Some("127.0.0.1:8008".parse().unwrap()),
+            peer: Some("127.0.0.1:40000".parse().unwrap()),
+            stats: ConnStats {
+                bytes_in: 100,
+                bytes_out: 2000,
+                sends: 3,
+                recvs: 4,
+                segs_in: 1,
+                segs_out: 2,
+                source: src,
+                flags: flags::FROM_START,
+                ..ConnStats::default()
+            },
+            tcp_bytes_received: 0,
+            tcp_bytes_acked: 0,
+        }
+    }
+
+    fn conns() -> Connections {
+        // An empty proc root: owner lookups find nothing.
+        let dir = std::env::temp_dir().join(format!("hs-attr-{}", std::process::id()));
+        Connections::new(dir, KernelClock::new(), false)
+    }
+
+    #[test]
+    fn open_then_close_gives_one_record_with_the_owner() {
+        let mut c = conns();
+        assert!(
+            c.on_event(&view(Lifecycle::Open, 1, Some(42), source::CGROUP))
+                .is_none()
+        );
+        let r = c
+            .on_event(&view(Lifecycle::Close, 1, None, source::CGROUP))
+            .unwrap();
+        assert_eq!(r.pid, Some(42));
+        assert_eq!((r.bytes_in, r.bytes_out), (100, 2000));
+        assert_eq!(r.local.as_deref(), Some("127.0.0.1:8008"));
+        assert!(r.closed && r.complete);
+        // Cgroup mode without call counting does not claim call counts.
+        assert_eq!((r.sends, r.recvs), (None, None));
+        assert_eq!((r.segs_in, r.segs_out), (Some(1), Some(2)));
+        assert_eq!(c.open_count(), 0);
+    }
+
+    #[test]
+    fn tracepoint_records_have_calls_and_no_segments() {
+        let mut c = conns();
+        c.on_event(&view(Lifecycle::Open, 2, Some(7), source::TRACEPOINT));
+        let r = c
+            .on_event(&view(Lifecycle::Close, 2, None, source::TRACEPOINT))
+            .unwrap();
+        assert_eq!((r.sends, r.recvs), (Some(3), Some(4)));
+        assert_eq!((r.segs_in, r.segs_out), (None, None));
+        assert!(r.complete, "not pre-existing");
+    }
+
+    #[test]
+    fn an_unresolvable_owner_is_counted_not_invented() {
+        let mut c = conns();
+        c.on_event(&view(Lifecycle::Open, 3, None, source::CGROUP));
+        let r = c
+            .on_event(&view(Lifecycle::Close, 3, None, source::CGROUP))
+            .unwrap();
+        assert_eq!(r.pid, None);
+        assert!(c.unresolved >= 1);
+    }
+
+    #[test]
+    fn a_second_open_for_a_cookie_counts_an_eviction() {
+        let mut c = conns();
+        c.on_event(&view(Lifecycle::Open, 4, Some(1), source::CGROUP));
+        c.on_event(&view(Lifecycle::Open, 4, Some(1), source::CGROUP));
+        assert_eq!(c.evicted, 1);
+    }
+
+    #[test]
+    fn map_entries_report_open_or_closed_state() {
+        let mut c = conns();
+        let mut stats = view(Lifecycle::Open, 5, None, source::CGROUP).stats;
+        stats.tgid = 9;
+        let r = c.from_map(5, &stats, 10);
+        assert!(!r.closed);
+        assert_eq!(r.pid, Some(9));
+        stats.flags |= flags::CLOSED;
+        assert!(c.from_map(5, &stats, 10).closed);
+    }
+}

@@ -3,6 +3,7 @@
 //! Every step prints one line to stderr that starts with `xtask:`. The first step that fails
 //! ends the command with a non-zero exit status and a sentence saying what failed.
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod lint;
@@ -35,6 +36,8 @@ enum Command {
     Run(run::RunOptions),
     /// Run the unprivileged tests, then the privileged integration tests as root, one at a time.
     Test(test::TestOptions),
+    /// Measure what the sensor costs, against no sensor, interleaved in one run (as root).
+    Bench(bench::BenchOptions),
     /// Check formatting of the whole workspace (`cargo fmt --all -- --check`).
     FmtCheck,
     /// Lint the host crates (stable) and the kernel crate (nightly, BPF target) with
@@ -48,6 +51,7 @@ fn main() {
         Command::Build(opts) => run::build(&opts),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::test(&opts),
+        Command::Bench(opts) => bench::bench(&opts),
         Command::FmtCheck => lint::fmt_check(),
         Command::Clippy(opts) => lint::clippy(&opts),
     };

@@ -1,0 +1,336 @@
+//! `cargo xtask bench`: what the sensor costs, as ratios against "no sensor" measured in the
+//! same run, interleaved (A B A B ...) because the machine is shared and noisy.
+//!
+//! Figures (ns per operation, lower is better, or throughput, higher is better):
+//! - unwatched process: `read(/dev/zero, 1)`, `write(/dev/null, 1)`, and a 1-byte loopback
+//!   TCP ping-pong (two sends, two receives per round trip), in a process outside every
+//!   watched cgroup;
+//! - watched process: loopback TCP throughput of a sender inside the watched cgroup, with
+//!   1 KiB and 64 KiB writes.
+//!
+//! Modes: no sensor; the sensor with its defaults (cgroup programs only); with
+//! `accounting.call_counts`; with `accounting.syscalls`.
+//!
+//! Usage: `bench [--rounds N] [--quick] [--json PATH]` (as root). Never asserts on timings.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Instant,
+};
+
+use homeserver_sensor::{agent::Targets, config::Config};
+use homeserver_sensor_tests::{Agent, Cgroup, Process, require_root};
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Mode {
+    NoSensor,
+    Default,
+    CallCounts,
+    Syscalls,
+}
+
+impl Mode {
+    const ALL: [Mode; 4] = [
+        Mode::NoSensor,
+        Mode::Default,
+        Mode::CallCounts,
+        Mode::Syscalls,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::NoSensor => "no sensor",
+            Mode::Default => "sensor (default: cgroup programs)",
+            Mode::CallCounts => "sensor + call_counts",
+            Mode::Syscalls => "sensor + syscalls",
+        }
+    }
+
+    fn config(self) -> Option<Config> {
+        let mut c = Config::default();
+        match self {
+            Mode::NoSensor => return None,
+            Mode::Default => {}
+            Mode::CallCounts => c.accounting.call_counts = true,
+            Mode::Syscalls => c.accounting.syscalls = true,
+        }
+        Some(c)
+    }
+}
+
+/// One workload: a name, the unit of its figure, whether higher is better, and the
+/// command-line arguments of its worker.
+struct Workload {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    watched: bool,
+    args: Vec<String>,
+}
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let scale = if quick { 10 } else { 1 };
+    let n = |x: u64| (x / scale).to_string();
+    vec![
+        Workload {
+            name: "unwatched read(/dev/zero, 1)",
+            unit: "ns/call",
+            higher_is_better: false,
+            watched: false,
+            args: vec!["read-zero".into(), n(2_000_000)],
+        },
+        Workload {
+            name: "unwatched write(/dev/null, 1)",
+            unit: "ns/call",
+            higher_is_better: false,
+            watched: false,
+            args: vec!["write-null".into(), n(2_000_000)],
+        },
+        Workload {
+            name: "unwatched TCP ping-pong, 1 byte",
+            unit: "ns/round trip",
+            higher_is_better: false,
+            watched: false,
+            args: vec!["pingpong".into(), n(100_000)],
+        },
+        Workload {
+            name: "watched sender, 1 KiB writes",
+            unit: "MB/s",
+            higher_is_better: true,
+            watched: true,
+            args: vec!["stream".into(), "1024".into(), n(1_000_000_000)],
+        },
+        Workload {
+            name: "watched sender, 64 KiB writes",
+            unit: "MB/s",
+            higher_is_better: true,
+            watched: true,
+            args: vec!["stream".into(), "65536".into(), n(4_000_000_000)],
+        },
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        worker(&args[1..]);
+        return;
+    }
+    let mut rounds = 5;
+    let mut quick = false;
+    let mut json_path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
+            "--quick" => quick = true,
+            "--json" => json_path = it.next().cloned(),
+            other => panic!(
+                "unknown argument {other}; usage: bench [--rounds N] [--quick] [--json PATH]"
+            ),
+        }
+    }
+    require_root();
+    run(rounds, quick, json_path);
+}
+
+fn run(rounds: usize, quick: bool, json_path: Option<String>) {
+    let cgroup = Cgroup::new("bench");
+    // The sink of the watched sender's stream: outside the watched cgroup.
+    let sink = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let sink_addr = sink.local_addr().expect("sink addr");
+    std::thread::spawn(move || {
+        for s in sink.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; 256 * 1024];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let loads = workloads(quick);
+    // results[workload][mode] = samples
+    let mut results: Vec<BTreeMap<Mode, Vec<f64>>> = vec![BTreeMap::new(); loads.len()];
+    for round in 0..rounds {
+        eprintln!("bench: round {}/{rounds}", round + 1);
+        for mode in Mode::ALL {
+            let agent = mode.config().map(|config| {
+                Agent::start(
+                    Targets {
+                        pids: vec![],
+                        cgroups: vec![cgroup.rel.clone()],
+                    },
+                    config,
+                )
+            });
+            for (i, w) in loads.iter().enumerate() {
+                let mut args = w.args.clone();
+                if w.args[0] == "stream" {
+                    args.push(sink_addr.to_string());
+                }
+                let value = run_worker(&args, w.watched.then_some(&cgroup));
+                results[i].entry(mode).or_default().push(value);
+            }
+            drop(agent);
+        }
+    }
+    report(&loads, &results, rounds, json_path);
+}
+
+fn run_worker(args: &[String], cgroup: Option<&Cgroup>) -> f64 {
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    cmd.arg("worker").args(args);
+    let mut p = Process::spawn(cmd, cgroup);
+    let mut out = String::new();
+    p.child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("worker output");
+    let status = p.child.wait().expect("worker");
+    assert!(status.success(), "worker {args:?} failed");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("worker {args:?} printed {out:?}"))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn report(
+    loads: &[Workload],
+    results: &[BTreeMap<Mode, Vec<f64>>],
+    rounds: usize,
+    json_path: Option<String>,
+) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "homeserver-sensor bench: {rounds} interleaved rounds, kernel {}, {} CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<34} {:<36} {:>14} {:>20} {:>10}",
+        "workload", "mode", "median", "min..max", "vs none"
+    );
+    let mut json = Vec::new();
+    for (w, by_mode) in loads.iter().zip(results) {
+        let base = median(&by_mode[&Mode::NoSensor]);
+        for (mode, samples) in by_mode {
+            let m = median(samples);
+            let (lo, hi) = samples
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            // A ratio where 100 % means "as fast as without the sensor".
+            let ratio = if w.higher_is_better {
+                m / base
+            } else {
+                base / m
+            } * 100.0;
+            println!(
+                "{:<34} {:<36} {:>9.1} {:<4} {:>9.1}..{:<9.1} {:>9.1}%",
+                w.name,
+                mode.name(),
+                m,
+                w.unit,
+                lo,
+                hi,
+                ratio
+            );
+            json.push(serde_json::json!({
+                "workload": w.name, "mode": mode.name(), "unit": w.unit,
+                "median": m, "min": lo, "max": hi, "samples": samples,
+                "speed_vs_no_sensor_percent": ratio,
+            }));
+        }
+    }
+    if let Some(path) = json_path {
+        let doc = serde_json::json!({ "kernel": kernel.trim(), "rounds": rounds, "results": json });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
+            .unwrap_or_else(|e| panic!("write {path}: {e}"));
+        eprintln!("bench: results written to {path}");
+    }
+}
+
+/// The measured workloads, each in its own process; prints one number.
+fn worker(args: &[String]) {
+    let n = |i: usize| -> u64 { args[i].parse().expect("count") };
+    match args[0].as_str() {
+        "read-zero" => print_ns_per_op(n(1), syscall_loop(n(1), "/dev/zero", false)),
+        "write-null" => print_ns_per_op(n(1), syscall_loop(n(1), "/dev/null", true)),
+        "pingpong" => {
+            let count = n(1);
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let echo = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().expect("accept");
+                s.set_nodelay(true).expect("nodelay");
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() {
+                    s.write_all(&b).expect("echo");
+                }
+            });
+            let mut c = TcpStream::connect(addr).expect("connect");
+            c.set_nodelay(true).expect("nodelay");
+            let mut b = [1u8; 1];
+            let start = Instant::now();
+            for _ in 0..count {
+                c.write_all(&b).expect("ping");
+                c.read_exact(&mut b).expect("pong");
+            }
+            let elapsed = start.elapsed();
+            drop(c);
+            let _ = echo.join();
+            print_ns_per_op(count, elapsed.as_nanos() as f64);
+        }
+        "stream" => {
+            let size: usize = args[1].parse().expect("size");
+            let total = n(2);
+            let mut c = TcpStream::connect(&args[3]).expect("connect sink");
+            let buf = vec![0x5au8; size];
+            let mut sent = 0u64;
+            let start = Instant::now();
+            while sent < total {
+                c.write_all(&buf).expect("send");
+                sent += size as u64;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("{:.1}", sent as f64 / secs / 1e6);
+        }
+        other => panic!("unknown worker {other}"),
+    }
+}
+
+fn syscall_loop(count: u64, path: &str, write: bool) -> f64 {
+    let mut f = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    let start = Instant::now();
+    for _ in 0..count {
+        if write {
+            f.write_all(&b).expect("write");
+        } else {
+            f.read_exact(&mut b).expect("read");
+        }
+    }
+    start.elapsed().as_nanos() as f64
+}
+
+fn print_ns_per_op(count: u64, ns: f64) {
+    println!("{:.1}", ns / count as f64);
+}
