@@ -23,6 +23,9 @@ pub mod flags {
     /// The connection closed but its close event could not be sent (ring buffer full): the
     /// entry stays in `CONNS` with its final counters and the agent reports it from there.
     pub const CLOSED: u32 = 1 << 4;
+    /// A FIN was received / sent (tracked only for connections open before the sensor).
+    pub const FIN_IN: u32 = 1 << 5;
+    pub const FIN_OUT: u32 = 1 << 6;
 }
 
 /// Live counters of one TCP connection, keyed by its socket cookie.

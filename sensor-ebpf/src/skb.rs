@@ -19,15 +19,17 @@ use sensor_common::{
 };
 
 use crate::{
-    conn::{emit_open_once, get_or_create},
-    maps::count_drop,
+    conn::{close, emit_open_once, get_or_create},
+    maps::{CONNS, count_drop},
 };
 
 /// Always let the packet through: the sensor observes, it never filters.
 const PASS: i32 = 1;
 
 /// TCP flag bits (RFC 9293, byte 13 of the header).
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 
 #[cgroup_skb(ingress)]
 pub fn conn_ingress(ctx: SkBuffContext) -> i32 {
@@ -113,28 +115,56 @@ fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
         return Ok(());
     }
     let payload = len - header_len;
-    if payload == 0 {
-        // Pure ACKs, SYNs, FINs: nothing to count, and no map access on the hot path.
+    let ends = tcp.flags & (TCP_FIN | TCP_RST) != 0;
+    if payload == 0 && !ends {
+        // Pure ACKs and SYNs: nothing to count, and no map access on the hot path.
         return Ok(());
     }
-    // A SYN consumes one sequence number before the payload (TCP Fast Open).
-    let syn = u32::from(tcp.flags & TCP_SYN != 0);
-    let start = u32::from_be_bytes(tcp.seq).wrapping_add(syn);
-
     // SAFETY: the context is a valid `__sk_buff` for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let Some(stats) = get_or_create(cookie, source::CGROUP, 0, 0) else {
-        return Ok(());
-    };
-    // SAFETY: `stats` points into a live map value.
-    unsafe { advance(&mut *stats, dir, start, payload) };
-    // A connection established before the programs were attached has no open event from
-    // sock_ops: send one, with the 4-tuple the packet's socket gives.
-    // SAFETY: as above.
-    if unsafe { (*stats).flags } & flags::OPEN_SENT == 0 {
-        emit_open_once(cookie, 0, &tuple(ctx), stats);
+    if payload > 0 {
+        // A SYN consumes one sequence number before the payload (TCP Fast Open).
+        let syn = u32::from(tcp.flags & TCP_SYN != 0);
+        let start = u32::from_be_bytes(tcp.seq).wrapping_add(syn);
+        let Some(stats) = get_or_create(cookie, source::CGROUP, 0, 0) else {
+            return Ok(());
+        };
+        // SAFETY: `stats` points into a live map value.
+        unsafe { advance(&mut *stats, dir, start, payload) };
+        // A connection established before the programs were attached has no open event
+        // from sock_ops: send one, with the 4-tuple the packet's socket gives.
+        // SAFETY: as above.
+        if unsafe { (*stats).flags } & flags::OPEN_SENT == 0 {
+            emit_open_once(cookie, 0, &tuple(ctx), stats);
+        }
+    }
+    if ends {
+        end_of_stream(ctx, cookie, dir, tcp.flags);
     }
     Ok(())
+}
+
+/// sock_ops reports the close of the connections it saw established. Those that were
+/// already open when the programs were attached get no sock_ops callbacks, so their end is
+/// taken from the packets: a reset, or a FIN in each direction, ends the byte stream (the
+/// last ACK carries no data).
+fn end_of_stream(ctx: &SkBuffContext, cookie: u64, dir: Direction, tcp_flags: u8) {
+    let Some(stats) = CONNS.get_ptr_mut(cookie) else {
+        return;
+    };
+    // SAFETY: `stats` points into a live map value.
+    let stats = unsafe { &mut *stats };
+    if stats.flags & flags::FROM_START != 0 {
+        return;
+    }
+    stats.flags |= match dir {
+        Direction::In => flags::FIN_IN,
+        Direction::Out => flags::FIN_OUT,
+    };
+    let both = flags::FIN_IN | flags::FIN_OUT;
+    if tcp_flags & TCP_RST != 0 || stats.flags & both == both {
+        close(cookie, &tuple(ctx), (0, 0));
+    }
 }
 
 /// The 4-tuple of the packet's socket, from the `__sk_buff` socket fields that cgroup_skb

@@ -90,6 +90,8 @@ fn connections_open_before_the_agent_are_counted_from_its_start() {
     assert_eq!(found.len(), 1, "{records:#?}");
     let r = found[0];
     assert_eq!(r["complete"], false, "{r}");
+    // Its end is seen from the packets (no sock_ops callbacks for it).
+    assert_eq!(r["closed"], true, "{r}");
     assert_eq!(r["pid"], server.pid(), "{r}");
     assert_eq!(r["local"], server.addrs[0].to_string().as_str(), "{r}");
     assert_eq!(r["bytes_in"], early.sent - sent_before, "{r}");

@@ -156,7 +156,10 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
     let mut results: Vec<BTreeMap<Mode, Vec<f64>>> = vec![BTreeMap::new(); loads.len()];
     for round in 0..rounds {
         eprintln!("bench: round {}/{rounds}", round + 1);
-        for mode in Mode::ALL {
+        // Rotate the order each round so no mode always runs first (or after a given one).
+        let mut order = Mode::ALL;
+        order.rotate_left(round % Mode::ALL.len());
+        for mode in order {
             let agent = mode.config().map(|config| {
                 Agent::start(
                     Targets {
