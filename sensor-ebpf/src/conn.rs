@@ -6,6 +6,7 @@ use sensor_common::{
     conn::{ConnStats, Tuple, flags},
     drops::Drop,
     event::{ConnEvent, kind},
+    kernel::{AF_INET, AF_INET6},
 };
 
 use crate::maps::{CONNS, EVENTS, count_drop};
@@ -106,5 +107,56 @@ pub fn close(cookie: u64, tuple: &Tuple, tcp_counts: (u64, u64)) {
         // Keep the final counters where the agent's sweep will find them.
         // SAFETY: as above; the entry is still live.
         unsafe { (*(stats as *mut ConnStats)).flags |= flags::CLOSED };
+    }
+}
+
+/// The socket fields that the sock_ops and cgroup_skb contexts both expose, with the same
+/// conventions (`sock_ops_convert_ctx_access()` and `bpf_convert_ctx_access()`,
+/// net/core/filter.c): addresses in network order, `local_port` in host order,
+/// `remote_port` the network-order port shifted left by 16 on little-endian.
+pub struct CtxSocket {
+    pub family: u32,
+    pub local_ip4: u32,
+    pub remote_ip4: u32,
+    /// Pointers to the context's IPv6 address fields.
+    pub local_ip6: *const [u32; 4],
+    pub remote_ip6: *const [u32; 4],
+    pub local_port: u32,
+    pub remote_port: u32,
+}
+
+impl CtxSocket {
+    /// The 4-tuple. The verifier allows only 4-byte loads of the IPv6 address fields, so
+    /// their words are read one by one.
+    #[inline(always)]
+    pub fn tuple(&self) -> Tuple {
+        let mut t = Tuple {
+            local_port: self.local_port as u16,
+            remote_port: u16::from_be((self.remote_port >> 16) as u16),
+            ..Tuple::default()
+        };
+        match self.family as u16 {
+            AF_INET => {
+                t.family = AF_INET;
+                t.local_addr[..4].copy_from_slice(&self.local_ip4.to_ne_bytes());
+                t.remote_addr[..4].copy_from_slice(&self.remote_ip4.to_ne_bytes());
+            }
+            AF_INET6 => {
+                t.family = AF_INET6;
+                for i in 0..4 {
+                    // SAFETY: in-bounds 4-byte loads of context fields.
+                    let (l, r) = unsafe {
+                        (
+                            core::ptr::read_volatile(self.local_ip6.cast::<u32>().add(i)),
+                            core::ptr::read_volatile(self.remote_ip6.cast::<u32>().add(i)),
+                        )
+                    };
+                    t.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
+                    t.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+                }
+            }
+            _ => {}
+        }
+        t
     }
 }

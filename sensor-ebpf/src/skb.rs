@@ -15,11 +15,11 @@ use aya_ebpf::{
 use sensor_common::{
     conn::{ConnStats, Tuple, flags, source},
     drops::Drop,
-    kernel::{AF_INET, AF_INET6, IPPROTO_TCP},
+    kernel::IPPROTO_TCP,
 };
 
 use crate::{
-    conn::{close, emit_open_once, get_or_create},
+    conn::{CtxSocket, close, emit_open_once, get_or_create},
     maps::{CONNS, count_drop},
 };
 
@@ -168,41 +168,21 @@ fn end_of_stream(ctx: &SkBuffContext, cookie: u64, dir: Direction, tcp_flags: u8
 }
 
 /// The 4-tuple of the packet's socket, from the `__sk_buff` socket fields that cgroup_skb
-/// programs may read (`cg_skb_is_valid_access()`, net/core/filter.c). Like in sock_ops,
-/// `local_port` is host order and `remote_port` the network-order port shifted left by 16;
-/// the IPv6 words must be read with 4-byte loads.
+/// programs may read (`cg_skb_is_valid_access()`, net/core/filter.c).
 fn tuple(ctx: &SkBuffContext) -> Tuple {
     let skb: *const __sk_buff = ctx.skb.skb;
-    let mut t = Tuple {
-        local_port: ctx.skb.local_port() as u16,
-        remote_port: u16::from_be((ctx.skb.remote_port() >> 16) as u16),
-        ..Tuple::default()
-    };
-    match ctx.skb.family() as u16 {
-        AF_INET => {
-            t.family = AF_INET;
-            t.local_addr[..4].copy_from_slice(&ctx.skb.local_ipv4().to_ne_bytes());
-            t.remote_addr[..4].copy_from_slice(&ctx.skb.remote_ipv4().to_ne_bytes());
-        }
-        AF_INET6 => {
-            t.family = AF_INET6;
-            for i in 0..4 {
-                // SAFETY: in-bounds 4-byte context loads.
-                let (l, r) = unsafe {
-                    (
-                        core::ptr::read_volatile(&(*skb).local_ip6[i]),
-                        core::ptr::read_volatile(&(*skb).remote_ip6[i]),
-                    )
-                };
-                t.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
-                t.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
-            }
-        }
-        _ => {}
+    CtxSocket {
+        family: ctx.skb.family(),
+        local_ip4: ctx.skb.local_ipv4(),
+        remote_ip4: ctx.skb.remote_ipv4(),
+        // SAFETY: addresses of context fields; nothing is read here.
+        local_ip6: unsafe { &raw const (*skb).local_ip6 },
+        remote_ip6: unsafe { &raw const (*skb).remote_ip6 },
+        local_port: ctx.skb.local_port(),
+        remote_port: ctx.skb.remote_port(),
     }
-    t
+    .tuple()
 }
-
 /// Moves the direction's high-water mark to the end of this segment, counting only the
 /// sequence space not counted before.
 #[inline(always)]

@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use sensor_common::{
     conn::{Tuple, flags, source},
-    kernel::{AF_INET, AF_INET6, TCP_CLOSE},
+    kernel::TCP_CLOSE,
 };
 
-use crate::conn::{close, emit_open_once, get_or_create};
+use crate::conn::{CtxSocket, close, emit_open_once, get_or_create};
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
@@ -67,36 +67,17 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) }
 }
 
-/// Reads the 4-tuple. The verifier allows only 4-byte loads of the address fields, so the
-/// IPv6 words are read one by one.
 fn tuple(ctx: &SockOpsContext) -> Tuple {
     let ops: *const bpf_sock_ops = ctx.ops;
-    let mut t = Tuple {
-        local_port: ctx.local_port() as u16,
-        remote_port: u16::from_be((ctx.remote_port() >> 16) as u16),
-        ..Tuple::default()
-    };
-    match ctx.family() as u16 {
-        AF_INET => {
-            t.family = AF_INET;
-            t.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-            t.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
-        }
-        AF_INET6 => {
-            t.family = AF_INET6;
-            for i in 0..4 {
-                // SAFETY: in-bounds 4-byte context loads.
-                let (l, r) = unsafe {
-                    (
-                        core::ptr::read_volatile(&(*ops).local_ip6[i]),
-                        core::ptr::read_volatile(&(*ops).remote_ip6[i]),
-                    )
-                };
-                t.local_addr[i * 4..i * 4 + 4].copy_from_slice(&l.to_ne_bytes());
-                t.remote_addr[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
-            }
-        }
-        _ => {}
+    CtxSocket {
+        family: ctx.family(),
+        local_ip4: ctx.local_ip4(),
+        remote_ip4: ctx.remote_ip4(),
+        // SAFETY: addresses of context fields; nothing is read here.
+        local_ip6: unsafe { &raw const (*ops).local_ip6 },
+        remote_ip6: unsafe { &raw const (*ops).remote_ip6 },
+        local_port: ctx.local_port(),
+        remote_port: ctx.remote_port(),
     }
-    t
+    .tuple()
 }

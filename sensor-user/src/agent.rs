@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use sensor_common::{conn::flags, watch};
+use sensor_common::{conn::flags, drops::Drop, watch};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -93,6 +93,8 @@ struct Agent {
     tp_pids: BTreeSet<u32>,
     summary: Summary,
     last_plan_error: Option<String>,
+    /// The kernel's `ringbuf_full_close` count at the last sweep.
+    close_drops_swept: u64,
 }
 
 /// Runs the agent until `shutdown` completes or the duration elapses.
@@ -129,6 +131,7 @@ pub async fn run(
         tp_pids: BTreeSet::new(),
         summary: Summary::default(),
         last_plan_error: None,
+        close_drops_swept: 0,
     };
     if agent.opts.config.accounting.syscalls {
         agent.sensor.attach_syscalls(&syscalls::read_family())?;
@@ -196,8 +199,19 @@ impl Agent {
         Ok(())
     }
 
-    /// Reports connections whose close event could not be sent (ring buffer full).
+    /// Reports connections whose close event could not be sent (ring buffer full). Walking
+    /// the map costs a syscall per entry, so it is done only after such a drop.
     fn sweep_closed(&mut self) -> Result<(), AgentError> {
+        let close_drops = self
+            .sensor
+            .drops()?
+            .get(Drop::RingbufClose.name())
+            .copied()
+            .unwrap_or(0);
+        if close_drops == self.close_drops_swept {
+            return Ok(());
+        }
+        self.close_drops_swept = close_drops;
         let now = monotonic_ns();
         for (cookie, stats) in self.sensor.connections()? {
             if stats.flags & flags::CLOSED != 0 {
@@ -372,6 +386,9 @@ impl Agent {
         self.watched = next;
         if self.opts.config.accounting.syscalls && !exited.is_empty() {
             self.process_records(&exited, true)?;
+            for pid in &exited {
+                self.sensor.forget_process(*pid)?;
+            }
         }
         Ok(())
     }

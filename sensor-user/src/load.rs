@@ -446,6 +446,33 @@ impl Sensor {
             .collect())
     }
 
+    /// Forgets the syscall accounting of a process that exited (after it was reported), so
+    /// restarts do not fill the maps.
+    pub fn forget_process(&mut self, pid: u32) -> Result<(), LoadError> {
+        let map = self.map_mut(maps::SYSCALLS)?;
+        let mut counts: PerCpuHashMap<_, SyscallKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::SYSCALLS,
+                source,
+            })?;
+        let keys: Vec<SyscallKey> = counts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == pid)
+            .collect();
+        for key in keys {
+            let _ = counts.remove(&key);
+        }
+        let map = self.map_mut(maps::PROC_IO)?;
+        let mut io: PerCpuHashMap<_, u32, ProcIo> =
+            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
+                name: maps::PROC_IO,
+                source,
+            })?;
+        let _ = io.remove(&pid);
+        Ok(())
+    }
+
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, LoadError> {
         self.ebpf
             .map(name)

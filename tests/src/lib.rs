@@ -211,6 +211,28 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent watching one process.
+    pub fn for_pid(pid: u32, config: Config) -> Self {
+        Self::start(
+            Targets {
+                pids: vec![pid],
+                cgroups: vec![],
+            },
+            config,
+        )
+    }
+
+    /// Starts the agent watching one cgroup.
+    pub fn for_cgroup(cgroup: &Cgroup, config: Config) -> Self {
+        Self::start(
+            Targets {
+                pids: vec![],
+                cgroups: vec![cgroup.rel.clone()],
+            },
+            config,
+        )
+    }
+
     /// The records written so far.
     pub fn records(&self) -> Vec<Value> {
         read_records(&self.events)

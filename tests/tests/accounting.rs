@@ -123,13 +123,7 @@ fn cgroup_mechanism_counts_exact_bytes() {
     let cgroup = Cgroup::new("cg");
     let server = Server::start(&["127.0.0.1:0", "[::1]:0"], Some(&cgroup));
     // Watching the PID: the agent finds that its cgroup holds nothing else.
-    let agent = Agent::start(
-        Targets {
-            pids: vec![server.pid()],
-            cgroups: vec![],
-        },
-        Config::default(),
-    );
+    let agent = Agent::for_pid(server.pid(), Config::default());
     let traffic = drive(server.addrs[0], server.addrs[1]);
     let records = agent.stop();
 
@@ -161,13 +155,7 @@ fn tracepoint_mechanism_counts_exact_bytes_and_calls() {
     // The server stays in the test's own cgroup, shared with the test itself: the agent
     // must fall back to the socket tracepoints filtered by PID.
     let server = Server::start(&["127.0.0.1:0", "[::1]:0"], None);
-    let agent = Agent::start(
-        Targets {
-            pids: vec![server.pid()],
-            cgroups: vec![],
-        },
-        Config::default(),
-    );
+    let agent = Agent::for_pid(server.pid(), Config::default());
     let traffic = drive(server.addrs[0], server.addrs[1]);
     let records = agent.stop();
 
@@ -207,13 +195,7 @@ fn call_counts_in_cgroup_mode() {
     let server = Server::start(&["127.0.0.1:0", "[::1]:0"], Some(&cgroup));
     let mut config = Config::default();
     config.accounting.call_counts = true;
-    let agent = Agent::start(
-        Targets {
-            pids: vec![],
-            cgroups: vec![cgroup.rel.clone()],
-        },
-        config,
-    );
+    let agent = Agent::for_cgroup(&cgroup, config);
     let traffic = drive(server.addrs[0], server.addrs[1]);
     let records = agent.stop();
     assert_exact(&records, &traffic, server.pid(), "cgroup");
@@ -235,13 +217,7 @@ fn syscall_counts_and_file_bytes() {
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let mut config = Config::default();
     config.accounting.syscalls = true;
-    let agent = Agent::start(
-        Targets {
-            pids: vec![server.pid()],
-            cgroups: vec![],
-        },
-        config,
-    );
+    let agent = Agent::for_pid(server.pid(), config);
     let fetches = 3;
     let mut total_sent = 0;
     for _ in 0..fetches {
@@ -288,13 +264,7 @@ fn unwatched_processes_produce_nothing() {
     let watched = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let other_cgroup = Cgroup::new("other");
     let other = Server::start(&["127.0.0.1:0"], Some(&other_cgroup));
-    let agent = Agent::start(
-        Targets {
-            pids: vec![watched.pid()],
-            cgroups: vec![],
-        },
-        Config::default(),
-    );
+    let agent = Agent::for_pid(watched.pid(), Config::default());
     let mut a = Client::connect(other.addrs[0]);
     a.request("GET", "/bytes/100000", b"", true);
     a.finish_reading();
@@ -332,13 +302,7 @@ fn stop_detaches_everything() {
     require_root();
     let cgroup = Cgroup::new("detach");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
-    let agent = Agent::start(
-        Targets {
-            pids: vec![server.pid()],
-            cgroups: vec![],
-        },
-        Config::default(),
-    );
+    let agent = Agent::for_pid(server.pid(), Config::default());
     let _ = agent.stop();
     // No program is left on the cgroup: bpftool is not needed, the kernel lists them.
     let fd = std::fs::File::open(&cgroup.abs).expect("open cgroup");

@@ -128,7 +128,7 @@ fn duration_flushes_open_connections_then_stops() {
 fn sigterm_stops_cleanly_and_detaches() {
     require_root();
     let cgroup = Cgroup::new("term");
-    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let _server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let dir = TempDir::new("term");
     let events = dir.path.join("events.jsonl");
     let mut child = sensor()

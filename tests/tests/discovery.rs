@@ -74,13 +74,7 @@ fn connections_open_before_the_agent_are_counted_from_its_start() {
     early.request("GET", "/bytes/5000", b"", false);
     let (sent_before, received_before) = (early.sent, early.received);
 
-    let agent = Agent::start(
-        Targets {
-            pids: vec![server.pid()],
-            cgroups: vec![],
-        },
-        Config::default(),
-    );
+    let agent = Agent::for_pid(server.pid(), Config::default());
     early.request("GET", "/bytes/70000", b"", false);
     early.request("POST", "/upload", &[b'p'; 3000], true);
     early.finish_reading();

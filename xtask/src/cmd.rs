@@ -72,6 +72,57 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Passed and failed test counts, summed over `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl TestCounts {
+    /// Adds the counts of a libtest summary line
+    /// (`test result: ok. 7 passed; 0 failed; 0 ignored; ...`); other lines add nothing.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`-like command, echoing its stdout, and adds its summary lines to
+/// `counts`; fails unless it exits successfully.
+pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let shown = show(cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("cannot read the output of `{shown}`"))?;
+        println!("{line}");
+        counts.add_line(&line);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("cannot wait for `{shown}`"))?;
+    ensure!(status.success(), "`{shown}` failed ({status})");
+    Ok(())
+}
+
 /// Runs a command and returns its trimmed stdout; on failure the error carries the first
 /// line of its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
@@ -161,4 +212,26 @@ fn effective_uid() -> Result<u32> {
         .and_then(|ids| ids.split_whitespace().nth(1))
         .and_then(|euid| euid.parse().ok())
         .context("no effective uid in /proc/self/status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestCounts;
+
+    #[test]
+    fn sums_libtest_summaries() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 66 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.06s");
+        c.add_line(
+            "test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("test foo ... ok");
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 71,
+                failed: 2
+            }
+        );
+    }
 }

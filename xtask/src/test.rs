@@ -29,11 +29,19 @@ pub struct TestOptions {
     pub filter: Vec<String>,
 }
 
-/// Runs the test tiers in order and stops at the first that fails.
+/// Runs the test tiers in order and stops at the first that fails; the last line is the
+/// total, `xtask: N passed, M failed`.
 pub fn test(opts: &TestOptions) -> Result<()> {
+    let mut counts = cmd::TestCounts::default();
+    let result = tiers(opts, &mut counts);
+    println!("xtask: {} passed, {} failed", counts.passed, counts.failed);
+    result
+}
+
+fn tiers(opts: &TestOptions, counts: &mut cmd::TestCounts) -> Result<()> {
     if !opts.privileged_only {
         step("running the unprivileged tests (every crate but the kernel and privileged ones)...");
-        cmd::run(
+        cmd::run_tests(
             cmd::cargo()
                 .args([
                     "test",
@@ -45,6 +53,7 @@ pub fn test(opts: &TestOptions) -> Result<()> {
                     "--",
                 ])
                 .args(&opts.filter),
+            counts,
         )?;
     }
     if opts.unit_only {
@@ -73,7 +82,7 @@ pub fn test(opts: &TestOptions) -> Result<()> {
     cargo
         .args(["test", "--package", PRIVILEGED, "--", "--test-threads=1"])
         .args(&opts.filter);
-    cmd::run(&mut cargo)
+    cmd::run_tests(&mut cargo, counts)
 }
 
 /// `CARGO_TARGET_<HOST>_RUNNER`, the variable that sets how cargo starts host test binaries.

@@ -21,7 +21,7 @@ use std::{
     time::Instant,
 };
 
-use homeserver_sensor::{agent::Targets, config::Config};
+use homeserver_sensor::config::Config;
 use homeserver_sensor_tests::{Agent, Cgroup, Process, require_root};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -160,15 +160,9 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
         let mut order = Mode::ALL;
         order.rotate_left(round % Mode::ALL.len());
         for mode in order {
-            let agent = mode.config().map(|config| {
-                Agent::start(
-                    Targets {
-                        pids: vec![],
-                        cgroups: vec![cgroup.rel.clone()],
-                    },
-                    config,
-                )
-            });
+            let agent = mode
+                .config()
+                .map(|config| Agent::for_cgroup(&cgroup, config));
             for (i, w) in loads.iter().enumerate() {
                 let mut args = w.args.clone();
                 if w.args[0] == "stream" {
