@@ -26,6 +26,23 @@ pub mod flags {
     /// A FIN was received / sent (tracked only for connections open before the sensor).
     pub const FIN_IN: u32 = 1 << 5;
     pub const FIN_OUT: u32 = 1 << 6;
+    /// Established by our side (`connect()`): the peer is a server, its data is never
+    /// captured as request heads.
+    pub const ACTIVE: u32 = 1 << 7;
+    /// Accepted by a watched listener: the peer is a client sending requests.
+    pub const PASSIVE: u32 = 1 << 8;
+}
+
+/// Values of `ConnStats::head_state`: where the connection is in the request/response
+/// cycle of HTTP/1.x (no pipelining: a client sends its next request after the response).
+pub mod head_state {
+    /// The next payload from the peer starts a request head.
+    pub const EXPECT: u32 = 0;
+    /// A head has started and its end (`\r\n\r\n`) has not been seen yet.
+    pub const PARTIAL: u32 = 1;
+    /// The head ended (or its capture budget ran out): what follows is a body, until our
+    /// side sends a response.
+    pub const DONE: u32 = 2;
 }
 
 /// Live counters of one TCP connection, keyed by its socket cookie.
@@ -63,6 +80,14 @@ pub struct ConnStats {
     pub source: u32,
     /// Process that created the entry when known in the kernel (tracepoint mode), else 0.
     pub tgid: u32,
+    /// `head_state::*`.
+    pub head_state: u32,
+    /// Bytes of the current head captured so far.
+    pub head_captured: u32,
+    /// The last four bytes captured, to find a `\r\n\r\n` split across segments.
+    pub head_window: u32,
+    /// Head chunks of this connection lost because the ring buffer was full.
+    pub heads_lost: u32,
     pub _pad: u32,
 }
 

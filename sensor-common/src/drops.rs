@@ -23,11 +23,15 @@ pub enum Drop {
     /// A close was seen for a connection that has no entry (evicted from the LRU, or open
     /// before the sensor started and never active since).
     CloseUntracked = 7,
+    /// The ring buffer was full when a request head chunk was due.
+    RingbufHead = 8,
+    /// A request head was longer than the capture budget (`HEAD_CAPTURE`) and was cut.
+    HeadCut = 9,
 }
 
 impl Drop {
     /// Number of entries in `DROPS`.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::RingbufOpen,
         Drop::RingbufClose,
@@ -37,6 +41,8 @@ impl Drop {
         Drop::ProcIoInsert,
         Drop::PendingReadInsert,
         Drop::CloseUntracked,
+        Drop::RingbufHead,
+        Drop::HeadCut,
     ];
 
     /// The name used in records and metrics.
@@ -50,6 +56,8 @@ impl Drop {
             Drop::ProcIoInsert => "proc_io_map_insert",
             Drop::PendingReadInsert => "pending_read_insert",
             Drop::CloseUntracked => "close_untracked",
+            Drop::RingbufHead => "ringbuf_full_head",
+            Drop::HeadCut => "head_cut",
         }
     }
 }

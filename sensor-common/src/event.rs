@@ -8,6 +8,56 @@ pub mod kind {
     pub const CONN_OPEN: u32 = 1;
     /// A watched connection reached `TCP_CLOSE`; the event carries its final counters.
     pub const CONN_CLOSE: u32 = 2;
+    /// A chunk of a request head (`HeadEvent`).
+    pub const HEAD: u32 = 3;
+}
+
+/// How many bytes of a request head are captured at most. Heads that Synapse receives
+/// through nginx are a few hundred bytes to about 1.5 KiB (nginx's own headers, then the
+/// client's, `Authorization` last); browsers with cookies send more. 4 KiB covers them with
+/// room to spare; longer heads are cut and counted (`HEAD_CUT`).
+pub const HEAD_CAPTURE: usize = 4096;
+
+/// Bits of `HeadEvent::flags`.
+pub mod head_flags {
+    /// The chunk starts a new request head (offset 0).
+    pub const FIRST: u32 = 1 << 0;
+    /// The head's end (`\r\n\r\n`) is inside this chunk.
+    pub const END: u32 = 1 << 1;
+    /// The capture budget ran out before the head's end: the head is cut.
+    pub const CUT: u32 = 1 << 2;
+}
+
+/// A chunk of a request head, with the connection's counters when it arrived, so the agent
+/// can attribute exact bytes to each request of a keep-alive connection. Only
+/// `HEAD_HEADER + len` bytes are sent: `data` is cut to `len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeadEvent {
+    /// `kind::HEAD`.
+    pub kind: u32,
+    /// `head_flags::*`.
+    pub flags: u32,
+    pub cookie: u64,
+    pub ts_ns: u64,
+    /// The connection's `bytes_in` before this chunk's data: the stream offset of the data.
+    pub bytes_in: u64,
+    /// The connection's `bytes_out` when the chunk arrived.
+    pub bytes_out: u64,
+    /// Offset of this chunk within the head.
+    pub offset: u32,
+    /// Bytes of `data` that are valid.
+    pub len: u32,
+    /// The connection's `heads_lost` when the chunk was sent: an increase since the
+    /// previous chunk means chunks of this connection were lost in between.
+    pub heads_lost: u32,
+    pub _pad: u32,
+    pub data: [u8; HEAD_CAPTURE],
+}
+
+impl HeadEvent {
+    /// Bytes before `data`.
+    pub const HEADER: usize = core::mem::offset_of!(HeadEvent, data);
 }
 
 /// A connection lifecycle event.
@@ -40,4 +90,5 @@ impl ConnEvent {
 mod pod {
     // SAFETY: plain `#[repr(C)]` data, valid for any bytes.
     unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::HeadEvent {}
 }

@@ -15,6 +15,9 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     /// `RingBuf`: connection lifecycle events (`ConnEvent`).
     pub const EVENTS: &str = "EVENTS";
+    /// `PerCpuArray<HeadEvent>` of one entry: scratch space to build a head chunk (too big
+    /// for the 512-byte BPF stack) before it is copied, cut to its length, to `EVENTS`.
+    pub const HEAD_SCRATCH: &str = "HEAD_SCRATCH";
     /// `PerCpuArray<u64>`, indexed by `drops::Drop`: every place that loses data.
     pub const DROPS: &str = "DROPS";
     /// `HashMap<u32 tgid, u32 watch::*>`: processes watched by the tracepoint mechanisms.

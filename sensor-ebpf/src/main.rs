@@ -4,6 +4,7 @@
 #![no_main]
 
 mod conn;
+mod head;
 mod maps;
 mod skb;
 mod sock;

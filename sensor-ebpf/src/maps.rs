@@ -8,6 +8,7 @@ use aya_ebpf::{
 use sensor_common::{
     conn::ConnStats,
     drops::Drop,
+    event::HeadEvent,
     sizes,
     syscall::{ProcIo, SyscallKey},
 };
@@ -17,6 +18,9 @@ pub static CONNS: LruHashMap<u64, ConnStats> = LruHashMap::with_max_entries(size
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(sizes::EVENTS_BYTES, 0);
+
+#[map]
+pub static HEAD_SCRATCH: PerCpuArray<HeadEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);

@@ -20,6 +20,7 @@ use sensor_common::{
 
 use crate::{
     conn::{CtxSocket, close, emit_open_once, get_or_create},
+    head,
     maps::{CONNS, count_drop},
 };
 
@@ -130,7 +131,16 @@ fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
             return Ok(());
         };
         // SAFETY: `stats` points into a live map value.
-        unsafe { advance(&mut *stats, dir, start, payload) };
+        let stats_ref = unsafe { &mut *stats };
+        match (dir, advance(stats_ref, dir, start, payload)) {
+            // The new data is at the end of the segment (a retransmission may overlap it).
+            (Direction::In, Some(new)) => {
+                let at = header_len + payload - new.len;
+                head::on_request_data(ctx, cookie, stats_ref, at, new);
+            }
+            (Direction::Out, Some(_)) => head::on_response_data(stats_ref),
+            _ => {}
+        }
         // A connection established before the programs were attached has no open event
         // from sock_ops: send one, with the 4-tuple the packet's socket gives.
         // SAFETY: as above.
@@ -183,10 +193,18 @@ fn tuple(ctx: &SkBuffContext) -> Tuple {
     }
     .tuple()
 }
+/// Data of a segment that no earlier segment carried.
+#[derive(Clone, Copy)]
+pub struct NewData {
+    /// Its offset in the connection's byte stream (in that direction).
+    pub stream_offset: u64,
+    pub len: u32,
+}
+
 /// Moves the direction's high-water mark to the end of this segment, counting only the
-/// sequence space not counted before.
+/// sequence space not counted before. Returns the new data, if any.
 #[inline(always)]
-fn advance(stats: &mut ConnStats, dir: Direction, start: u32, payload: u32) {
+fn advance(stats: &mut ConnStats, dir: Direction, start: u32, payload: u32) -> Option<NewData> {
     let end = start.wrapping_add(payload);
     let (next, bytes, segs, valid) = match dir {
         Direction::In => (
@@ -206,11 +224,18 @@ fn advance(stats: &mut ConnStats, dir: Direction, start: u32, payload: u32) {
         *next = start;
         stats.flags |= valid;
     }
+    *segs += 1;
     // Sequence arithmetic modulo 2^32 (RFC 9293 3.4): positive means "beyond the mark".
     let delta = end.wrapping_sub(*next) as i32;
-    if delta > 0 {
-        *bytes += delta as u64;
-        *next = end;
+    if delta <= 0 {
+        return None;
     }
-    *segs += 1;
+    let delta = delta as u32;
+    // Beyond the mark with a gap before it (data missing), the whole segment is new and the
+    // gap is counted too: its bytes will not be counted when they arrive.
+    let len = delta.min(payload);
+    let stream_offset = *bytes + u64::from(delta - len);
+    *bytes += u64::from(delta);
+    *next = end;
+    Some(NewData { stream_offset, len })
 }

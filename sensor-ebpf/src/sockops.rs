@@ -46,9 +46,15 @@ fn try_conn_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
                 .map_err(i64::from)?;
             let cookie = cookie(ctx);
             let tuple = tuple(ctx);
-            let stats = get_or_create(cookie, source::CGROUP, flags::FROM_START, 0).ok_or(0i64)?;
+            let side = if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+                flags::ACTIVE
+            } else {
+                flags::PASSIVE
+            };
+            let stats =
+                get_or_create(cookie, source::CGROUP, flags::FROM_START | side, 0).ok_or(0i64)?;
             // SAFETY: `stats` points into a live map value.
-            unsafe { (*stats).flags |= flags::FROM_START };
+            unsafe { (*stats).flags |= flags::FROM_START | side };
             emit_open_once(cookie, 0, &tuple, stats);
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {

@@ -9,17 +9,24 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use sensor_common::{conn::flags, drops::Drop, watch};
+use sensor_common::{
+    conn::{ConnStats, flags},
+    drops::Drop,
+    watch,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     attribute::Connections,
+    client_ip::{ClientIpError, TrustedProxies},
     config::Config,
     decode,
     discover::{self, DiscoverError},
+    identity::{self, FingerprintKey, IdentityError},
     load::{LoadError, Sensor},
     output::{JsonLines, ProcessRecord, Record, SCHEMA_VERSION, SensorRecord, Sink, WatchRecord},
     plan::{self, Decision, Group, PlanError},
+    requests::{Attribution, Requests},
     syscalls,
     time::{KernelClock, monotonic_ns, now_rfc3339},
 };
@@ -64,6 +71,12 @@ pub enum AgentError {
     },
     #[error("cannot poll the kernel ring buffer: {0}")]
     Poll(#[source] std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("the endpoint table is inconsistent (a bug, please report it): {0}")]
+    EndpointTable(String),
+    #[error("attribution.trusted_proxies: {0}")]
+    TrustedProxies(#[from] ClientIpError),
 }
 
 /// What a run did, for callers and tests.
@@ -87,6 +100,11 @@ struct Agent {
     sensor: Sensor,
     out: JsonLines,
     conns: Connections,
+    requests: Requests,
+    attribution: Attribution,
+    clock: KernelClock,
+    /// `-c`/`--config-path` of the first watched Synapse process, for its `server_name`.
+    synapse_config: Vec<PathBuf>,
     cgroup_mount: PathBuf,
     watched: BTreeMap<String, Watched>,
     /// Processes watched by the tracepoint mechanism now.
@@ -116,13 +134,28 @@ pub async fn run(
         Some(root) => root.clone(),
         None => discover::cgroup2_mount(&opts.proc_root)?,
     };
+    check_targets(&opts, &cgroup_mount)?;
+    // The endpoint table is code: a bad row is a bug to report at start, not a silent
+    // fallback to family names.
+    if let Err(e) = crate::endpoint::check_table() {
+        return Err(AgentError::EndpointTable(e.to_string()));
+    }
     let clock = KernelClock::new();
+    let attribution = Attribution {
+        trusted: TrustedProxies::try_from(opts.config.attribution.trusted_proxies.as_slice())?,
+        key: FingerprintKey::load_or_create(&opts.config.attribution.key_file)?,
+        server_name: opts.config.attribution.server_name.clone(),
+    };
     let mut agent = Agent {
         conns: Connections::new(
             opts.proc_root.clone(),
             clock,
             opts.config.accounting.call_counts,
         ),
+        requests: Requests::default(),
+        attribution,
+        clock,
+        synapse_config: Vec::new(),
         opts,
         sensor,
         out,
@@ -181,13 +214,25 @@ impl Agent {
     /// Reads every pending lifecycle event.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), AgentError> {
         while let Some(item) = ring.next() {
-            let decoded = decode::conn_event(&item);
+            let decoded = decode::event(&item);
             drop(item);
             match decoded {
-                Ok(ev) => {
+                Ok(decode::Event::Conn(ev)) => {
+                    if ev.lifecycle == decode::Lifecycle::Close {
+                        self.finish_request(ev.cookie, &ev.stats)?;
+                    }
                     if let Some(record) = self.conns.on_event(&ev) {
                         self.summary.connections_reported += 1;
                         self.write(&Record::Connection(record))?;
+                    }
+                }
+                Ok(decode::Event::Head(chunk)) => {
+                    let view = self.conns.view(chunk.cookie);
+                    let record =
+                        self.requests
+                            .on_chunk(chunk, view, &self.attribution, &self.clock);
+                    if let Some(record) = record {
+                        self.write(&Record::Request(record))?;
                     }
                 }
                 Err(e) => {
@@ -197,6 +242,23 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// The connection is over (closed, or the agent stops): its last request's exchange is
+    /// complete with these counters.
+    fn finish_request(&mut self, cookie: u64, stats: &ConnStats) -> Result<(), AgentError> {
+        let view = self.conns.view(cookie);
+        let record = self.requests.on_close(
+            cookie,
+            (stats.bytes_in, stats.bytes_out),
+            view,
+            &self.attribution,
+            &self.clock,
+        );
+        match record {
+            Some(record) => self.write(&Record::Request(record)),
+            None => Ok(()),
+        }
     }
 
     /// Reports connections whose close event could not be sent (ring buffer full). Walking
@@ -215,6 +277,7 @@ impl Agent {
         let now = monotonic_ns();
         for (cookie, stats) in self.sensor.connections()? {
             if stats.flags & flags::CLOSED != 0 {
+                self.finish_request(cookie, &stats)?;
                 let record = self.conns.from_map(cookie, &stats, now);
                 self.sensor.remove_connection(cookie)?;
                 self.summary.connections_reported += 1;
@@ -224,8 +287,9 @@ impl Agent {
         Ok(())
     }
 
-    /// The groups to watch now.
-    fn groups(&self, at_start: bool) -> Result<Vec<Group>, AgentError> {
+    /// The groups to watch now, and the configuration paths of the first Synapse process.
+    fn groups(&self, at_start: bool) -> Result<(Vec<Group>, Vec<PathBuf>), AgentError> {
+        let mut configs = Vec::new();
         let proc_root = &self.opts.proc_root;
         let targets = &self.opts.targets;
         let mut groups: BTreeMap<String, Group> = BTreeMap::new();
@@ -245,6 +309,9 @@ impl Agent {
         let mut by_cgroup: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         if targets.is_discovery() {
             for p in discover::find_synapse(proc_root)? {
+                if configs.is_empty() {
+                    configs.clone_from(&p.config_paths);
+                }
                 by_cgroup
                     .entry(p.cgroup.unwrap_or_else(|| "/".into()))
                     .or_default()
@@ -253,10 +320,15 @@ impl Agent {
         }
         for &pid in &targets.pids {
             match discover::describe_pid(proc_root, pid) {
-                Ok(info) => by_cgroup
-                    .entry(info.cgroup.unwrap_or_else(|| "/".into()))
-                    .or_default()
-                    .push(info.tgid.unwrap_or(pid)),
+                Ok(info) => {
+                    if configs.is_empty() {
+                        configs.clone_from(&info.config_paths);
+                    }
+                    by_cgroup
+                        .entry(info.cgroup.unwrap_or_else(|| "/".into()))
+                        .or_default()
+                        .push(info.tgid.unwrap_or(pid));
+                }
                 // A PID given on the command line must exist at start; later it may exit.
                 Err(e) if at_start => return Err(e.into()),
                 Err(_) => {}
@@ -279,12 +351,13 @@ impl Agent {
                 },
             );
         }
-        Ok(groups.into_values().collect())
+        Ok((groups.into_values().collect(), configs))
     }
 
     /// Finds what to watch and brings the kernel side in line with it.
     fn rescan(&mut self, at_start: bool) -> Result<(), AgentError> {
-        let groups = self.groups(at_start)?;
+        let (groups, configs) = self.groups(at_start)?;
+        self.learn_server_name(configs);
         let mut next: BTreeMap<String, Watched> = BTreeMap::new();
         for group in groups {
             let decision = match plan::decide(&group, self.sensor.features()) {
@@ -322,6 +395,27 @@ impl Agent {
             self.sensor_record("watch")?;
         }
         Ok(())
+    }
+
+    /// Reads `server_name` from the watched Synapse's configuration, unless configured.
+    fn learn_server_name(&mut self, configs: Vec<PathBuf>) {
+        if self.opts.config.attribution.server_name.is_some()
+            || configs.is_empty()
+            || configs == self.synapse_config
+        {
+            return;
+        }
+        match identity::server_name_from_synapse_config(&configs) {
+            Ok(Some(name)) => {
+                tracing::info!("server_name {name} (from {configs:?})");
+                self.attribution.server_name = Some(name);
+            }
+            Ok(None) => tracing::warn!(
+                "no server_name in {configs:?}: users are not named; set attribution.server_name"
+            ),
+            Err(e) => tracing::warn!("{e}; set attribution.server_name to name users"),
+        }
+        self.synapse_config = configs;
     }
 
     fn apply(&mut self, next: BTreeMap<String, Watched>) -> Result<(), AgentError> {
@@ -464,6 +558,13 @@ impl Agent {
                 .collect(),
             unavailable,
             drops,
+            heads: self
+                .requests
+                .outcomes
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .chain([("damaged".to_string(), self.requests.damaged)])
+                .collect(),
         };
         self.write(&Record::Sensor(record))
     }
@@ -474,6 +575,7 @@ impl Agent {
         self.drain(ring)?;
         let now = monotonic_ns();
         for (cookie, stats) in self.sensor.connections()? {
+            self.finish_request(cookie, &stats)?;
             let record = self.conns.from_map(cookie, &stats, now);
             self.summary.connections_reported += 1;
             self.write(&Record::Connection(record))?;
@@ -488,6 +590,18 @@ impl Agent {
         }
         self.sensor_record("stop")
     }
+}
+
+/// Checks the operator's `--pid` and `--cgroup` before anything is created on disk, so a
+/// typo gets its one-sentence error first.
+fn check_targets(opts: &RunOptions, cgroup_mount: &Path) -> Result<(), AgentError> {
+    for &pid in &opts.targets.pids {
+        discover::describe_pid(&opts.proc_root, pid)?;
+    }
+    for arg in &opts.targets.cgroups {
+        discover::resolve_cgroup_arg(cgroup_mount, arg)?;
+    }
+    Ok(())
 }
 
 fn kernel_release() -> String {

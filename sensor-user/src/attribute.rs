@@ -75,6 +75,18 @@ impl Connections {
         }
     }
 
+    /// What is known of an open connection, for its requests.
+    pub fn view(&self, cookie: u64) -> crate::requests::ConnView {
+        self.open
+            .get(&cookie)
+            .map(|i| crate::requests::ConnView {
+                pid: i.pid,
+                local: i.local,
+                peer: i.peer,
+            })
+            .unwrap_or_default()
+    }
+
     /// Remembers the connections `pids` have now, before the tracepoints count anything
     /// for them. (The cgroup programs see establishment themselves.)
     pub fn note_preexisting(&mut self, pids: &[u32]) {

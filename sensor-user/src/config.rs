@@ -23,7 +23,7 @@ pub enum ConfigError {
         path: PathBuf,
         key: &'static str,
         value: String,
-        why: &'static str,
+        why: String,
     },
 }
 
@@ -32,6 +32,7 @@ pub enum ConfigError {
 pub struct Config {
     pub discovery: Discovery,
     pub accounting: Accounting,
+    pub attribution: Attribution,
     pub kernel: Kernel,
     pub output: Output,
 }
@@ -52,6 +53,33 @@ impl Default for Discovery {
         Self {
             rescan_ms: 500,
             cgroup_root: None,
+        }
+    }
+}
+
+/// How requests are attributed to clients, tokens and users.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Attribution {
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (addresses or CIDR
+    /// networks). Any other peer is the client itself, whatever headers it sends.
+    pub trusted_proxies: Vec<String>,
+    /// The homeserver's `server_name`, for `@localpart:server_name`; read from the watched
+    /// Synapse's configuration (its `-c`/`--config-path`) when unset.
+    pub server_name: Option<String>,
+    /// The per-installation secret of token fingerprints, created (mode 0600) on first start.
+    pub key_file: PathBuf,
+}
+
+/// Default location of the fingerprint key (systemd's `StateDirectory`).
+pub const DEFAULT_KEY_FILE: &str = "/var/lib/homeserver-sensor/fingerprint.key";
+
+impl Default for Attribution {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            server_name: None,
+            key_file: PathBuf::from(DEFAULT_KEY_FILE),
         }
     }
 }
@@ -131,11 +159,11 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key, value: String, why| ConfigError::Value {
+        let bad = |key, value: String, why: &str| ConfigError::Value {
             path: path.to_owned(),
             key,
             value,
-            why,
+            why: why.to_owned(),
         };
         let rb = self.kernel.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
@@ -158,6 +186,16 @@ impl Config {
                 self.discovery.rescan_ms.to_string(),
                 "must be between 50 and 60000",
             ));
+        }
+        if let Err(e) =
+            crate::client_ip::TrustedProxies::try_from(self.attribution.trusted_proxies.as_slice())
+        {
+            return Err(ConfigError::Value {
+                path: path.to_owned(),
+                key: "attribution.trusted_proxies",
+                value: format!("{:?}", self.attribution.trusted_proxies),
+                why: e.to_string(),
+            });
         }
         if self.output.events.is_empty() {
             return Err(bad(
@@ -187,6 +225,8 @@ mod tests {
         assert!(!c.accounting.syscalls);
         assert_eq!(c.kernel.ring_buffer_bytes, 4 << 20);
         assert_eq!(c.output.events, "-");
+        assert_eq!(c.attribution.trusted_proxies, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.attribution.key_file, PathBuf::from(DEFAULT_KEY_FILE));
     }
 
     #[test]
@@ -199,6 +239,10 @@ mod tests {
             [accounting]
             call_counts = true
             syscalls = true
+            [attribution]
+            trusted_proxies = ["10.0.0.5", "fd00::/8"]
+            server_name = "example.org"
+            key_file = "/tmp/key"
             [kernel]
             max_connections = 1000
             ring_buffer_bytes = 65536
@@ -214,6 +258,8 @@ mod tests {
         );
         assert!(c.accounting.call_counts && c.accounting.syscalls);
         assert_eq!(c.kernel.max_connections, 1000);
+        assert_eq!(c.attribution.trusted_proxies, ["10.0.0.5", "fd00::/8"]);
+        assert_eq!(c.attribution.server_name.as_deref(), Some("example.org"));
         assert_eq!(c.output.events, "/var/log/homeserver-sensor/events.jsonl");
     }
 
@@ -250,6 +296,10 @@ mod tests {
         assert!(err.contains("between 50 and 60000"), "{err}");
         let err = parse("[output]\nevents = \"\"\n").unwrap_err().to_string();
         assert!(err.contains("output.events"), "{err}");
+        let err = parse("[attribution]\ntrusted_proxies = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.0.0.0/33"), "{err}");
     }
 
     #[test]

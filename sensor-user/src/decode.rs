@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use sensor_common::{
     conn::{ConnStats, Tuple, flags, source},
-    event::{ConnEvent, kind},
+    event::{ConnEvent, HEAD_CAPTURE, HeadEvent, head_flags, kind},
     kernel::{AF_INET, AF_INET6},
 };
 
@@ -17,6 +17,97 @@ pub enum DecodeError {
     Size { got: usize, expected: usize },
     #[error("ring buffer record of unknown kind {0}")]
     Kind(u32),
+    #[error(
+        "request head chunk of {len} bytes in a record of {got}: agent and kernel object disagree"
+    )]
+    HeadLength { len: usize, got: usize },
+}
+
+/// Any record of the ring buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    Conn(ConnEventView),
+    Head(HeadChunk),
+}
+
+/// Decodes one ring buffer record, whatever its kind.
+pub fn event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let Some(kind) = bytes
+        .get(..4)
+        .map(|k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]))
+    else {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected: 4,
+        });
+    };
+    match kind {
+        kind::HEAD => head_chunk(bytes).map(Event::Head),
+        _ => conn_event(bytes).map(Event::Conn),
+    }
+}
+
+/// A chunk of a request head. Its bytes may hold an access token: no Debug of them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeadChunk {
+    pub cookie: u64,
+    pub ts_ns: u64,
+    /// Starts a new request head.
+    pub first: bool,
+    /// The head's end is in this chunk.
+    pub end: bool,
+    /// The kernel cut the head at its capture budget.
+    pub cut: bool,
+    /// The connection's counters when the chunk arrived (`bytes_in` is the stream offset of
+    /// the chunk's data).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Offset of the chunk within its head.
+    pub offset: u32,
+    pub heads_lost: u32,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for HeadChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadChunk")
+            .field("cookie", &self.cookie)
+            .field("first", &self.first)
+            .field("end", &self.end)
+            .field("offset", &self.offset)
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a head chunk: a `HeadEvent` header followed by `len` bytes of data.
+pub fn head_chunk(bytes: &[u8]) -> Result<HeadChunk, DecodeError> {
+    if bytes.len() < HeadEvent::HEADER {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected: HeadEvent::HEADER,
+        });
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+    let flags = u32_at(std::mem::offset_of!(HeadEvent, flags));
+    let len = u32_at(std::mem::offset_of!(HeadEvent, len)) as usize;
+    let got = bytes.len() - HeadEvent::HEADER;
+    if len > HEAD_CAPTURE || len != got {
+        return Err(DecodeError::HeadLength { len, got });
+    }
+    Ok(HeadChunk {
+        cookie: u64_at(std::mem::offset_of!(HeadEvent, cookie)),
+        ts_ns: u64_at(std::mem::offset_of!(HeadEvent, ts_ns)),
+        first: flags & head_flags::FIRST != 0,
+        end: flags & head_flags::END != 0,
+        cut: flags & head_flags::CUT != 0,
+        bytes_in: u64_at(std::mem::offset_of!(HeadEvent, bytes_in)),
+        bytes_out: u64_at(std::mem::offset_of!(HeadEvent, bytes_out)),
+        offset: u32_at(std::mem::offset_of!(HeadEvent, offset)),
+        heads_lost: u32_at(std::mem::offset_of!(HeadEvent, heads_lost)),
+        data: bytes[HeadEvent::HEADER..].to_vec(),
+    })
 }
 
 /// What happened to a connection.
@@ -164,6 +255,48 @@ mod tests {
     #[test]
     fn unknown_family_has_no_address() {
         assert_eq!(addresses(&Tuple::default()), (None, None));
+    }
+
+    #[test]
+    fn decodes_a_head_chunk_cut_to_its_length() {
+        let mut ev = HeadEvent {
+            kind: kind::HEAD,
+            flags: head_flags::FIRST | head_flags::END,
+            cookie: 9,
+            ts_ns: 5,
+            bytes_in: 100,
+            bytes_out: 2000,
+            offset: 0,
+            len: 4,
+            heads_lost: 1,
+            _pad: 0,
+            data: [0; HEAD_CAPTURE],
+        };
+        ev.data[..4].copy_from_slice(b"GET ");
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        let all = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const HeadEvent).cast::<u8>(),
+                std::mem::size_of::<HeadEvent>(),
+            )
+        };
+        let raw = &all[..HeadEvent::HEADER + 4];
+        let Event::Head(c) = event(raw).unwrap() else {
+            panic!("not a head")
+        };
+        assert_eq!(c.data, b"GET ");
+        assert!(c.first && c.end && !c.cut);
+        assert_eq!(
+            (c.cookie, c.bytes_in, c.bytes_out, c.heads_lost),
+            (9, 100, 2000, 1)
+        );
+        assert!(!format!("{c:?}").contains("GET"));
+        // A length that disagrees with the record is an error, not a panic.
+        assert!(matches!(
+            head_chunk(&all[..HeadEvent::HEADER + 3]),
+            Err(DecodeError::HeadLength { .. })
+        ));
+        assert!(event(&[1, 2]).is_err());
     }
 
     #[test]

@@ -533,7 +533,8 @@ where
         .map_err(|source| LoadError::Program { name, source })
 }
 
-/// Formats a program error with its cause chain (the verifier log or errno).
+/// Formats a program error with its cause chain. A verifier log is cut to its last lines,
+/// where the verifier says why it refused (the whole log goes to the debug log).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -542,7 +543,20 @@ fn chain(e: &dyn std::error::Error) -> String {
         s.push_str(&c.to_string());
         cur = c.source();
     }
-    s
+    shorten_verifier_log(s)
+}
+
+/// Keeps the text before `Verifier output:` and the last lines of the log.
+fn shorten_verifier_log(s: String) -> String {
+    const KEEP: usize = 8;
+    let Some(at) = s.find("Verifier output:") else {
+        return s;
+    };
+    tracing::debug!("{s}");
+    let (head, log) = s.split_at(at);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(KEEP)..].join(" | ");
+    format!("{head}Verifier output (last lines): {tail}")
 }
 
 fn load_cgroup_programs(ebpf: &mut Ebpf) -> Result<(), String> {
@@ -575,4 +589,22 @@ fn load_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
         prog.load().map_err(|e| format!("{name}: {}", chain(&e)))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten_verifier_log;
+
+    #[test]
+    fn verifier_logs_are_cut_to_their_reason() {
+        let log = format!(
+            "prog: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output: 0: R1=ctx()\n{}817: call bpf_skb_load_bytes#26\nR4 invalid zero-sized read\nverification time 7454 usec\nprocessed 1151 insns\n",
+            "1: r1 = r2\n".repeat(1000)
+        );
+        let short = shorten_verifier_log(log);
+        assert!(short.len() < 300, "{short}");
+        assert!(short.starts_with("prog: the BPF_PROG_LOAD syscall returned Permission denied."));
+        assert!(short.contains("R4 invalid zero-sized read"), "{short}");
+        assert_eq!(shorten_verifier_log("plain".into()), "plain");
+    }
 }

@@ -11,7 +11,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::decode::Mechanism;
+use crate::{
+    client_ip::AddressSource, decode::Mechanism, endpoint::Class, identity::Fingerprint,
+    identity::TokenSource,
+};
 
 /// Version of the record schema. Bump on any change that is not an added field.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -21,6 +24,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Connection(ConnectionRecord),
+    Request(RequestRecord),
     Process(ProcessRecord),
     Sensor(SensorRecord),
 }
@@ -55,6 +59,55 @@ pub struct ConnectionRecord {
     pub mechanism: Mechanism,
     /// The kernel's socket cookie: unique per connection for the life of the host.
     pub cookie: u64,
+}
+
+/// An HTTP request on a watched server connection, written when its exchange is over (the
+/// next request started on the connection, or the connection closed).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When its head arrived.
+    pub ts: String,
+    pub pid: Option<u32>,
+    pub local: Option<String>,
+    /// The connection's peer (the proxy, on a proxied homeserver).
+    pub peer: Option<String>,
+    pub cookie: u64,
+    /// Null when the head could not be parsed (see `head`).
+    pub method: Option<String>,
+    /// The request-target with every `access_token` value replaced by `<redacted>`.
+    pub path: Option<String>,
+    /// The endpoint's stable name (`client.messages`, `media.download`, ...), or
+    /// `unparsed`.
+    pub endpoint: &'static str,
+    pub class: Option<Class>,
+    /// The real client: the peer, or what a trusted proxy says in X-Forwarded-For or
+    /// Forwarded.
+    pub client_ip: Option<String>,
+    pub client_ip_source: Option<AddressSource>,
+    /// A forwarding header came from a peer that is not a trusted proxy and was ignored.
+    pub forwarding_ignored: bool,
+    /// The access token's keyed fingerprint (`tfp_` + 16 hex digits); never the token.
+    pub token: Option<Fingerprint>,
+    pub token_source: Option<TokenSource>,
+    /// `@localpart:server_name`, read from a Synapse token (`syt_`/`syr_`).
+    pub user: Option<String>,
+    /// Bytes from the client for this request (head and body).
+    pub bytes_in: u64,
+    /// Bytes to the client for this request (the response, head and body).
+    pub bytes_out: u64,
+    pub room: Option<String>,
+    pub event_id: Option<String>,
+    /// A user the request is about (profile lookups, admin user endpoints).
+    pub target_user: Option<String>,
+    pub media_server: Option<String>,
+    pub media_id: Option<String>,
+    pub full_state: Option<bool>,
+    pub since: Option<bool>,
+    /// `parsed`, or why the head was not: `incomplete`, `cut`, `too_many_headers`,
+    /// `malformed`.
+    pub head: &'static str,
+    /// False when head chunks of this request were lost or arrived out of order.
+    pub complete: bool,
 }
 
 /// Per-process accounting (syscall mechanism): at stop and when a watched process exits.
@@ -95,6 +148,8 @@ pub struct SensorRecord {
     pub unavailable: BTreeMap<String, String>,
     /// Data lost, by place: kernel counters and the agent's own.
     pub drops: BTreeMap<String, u64>,
+    /// Request heads by outcome: `parsed`, or why not.
+    pub heads: BTreeMap<String, u64>,
 }
 
 /// Where records go.

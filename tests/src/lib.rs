@@ -16,7 +16,7 @@ use std::{
 
 use homeserver_sensor::{
     agent::{self, RunOptions, Summary, Targets},
-    config::Config,
+    config::{Config, DEFAULT_KEY_FILE},
     discover,
     output::Sink,
 };
@@ -179,6 +179,11 @@ impl Agent {
     pub fn start(targets: Targets, config: Config) -> Self {
         let dir = TempDir::new("agent");
         let events = dir.path.join("events.jsonl");
+        let mut config = config;
+        if config.attribution.key_file == Path::new(DEFAULT_KEY_FILE) {
+            // Tests never touch the installation's key.
+            config.attribution.key_file = dir.path.join("fingerprint.key");
+        }
         let opts = RunOptions {
             config,
             targets,
@@ -299,8 +304,11 @@ pub fn agent_start_error(targets: Targets) -> String {
         .enable_all()
         .build()
         .expect("runtime");
+    let dir = TempDir::new("err");
+    let mut config = Config::default();
+    config.attribution.key_file = dir.path.join("fingerprint.key");
     let opts = RunOptions {
-        config: Config::default(),
+        config,
         targets,
         events: Sink::File(PathBuf::from("/dev/null")),
         duration: Some(Duration::from_secs(2)),
@@ -551,4 +559,195 @@ impl FakeSynapse {
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
+}
+
+/// Debian's nginx in front of an upstream, with the reverse-proxy configuration of Synapse's
+/// documentation (docs/reverse_proxy.md): `proxy_set_header X-Forwarded-For $remote_addr`,
+/// `X-Forwarded-Proto`, `Host`, `proxy_http_version 1.1`, no upstream keepalive (so every
+/// request reaches the upstream on a new connection with `Connection: close`).
+pub struct Nginx {
+    pub process: Process,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("nginx is not installed: apt-get install nginx-light (.ci/run does)");
+        let dir = TempDir::new("nginx");
+        // A free port: bind, note it, release it for nginx.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let d = dir.path.display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name matrix.test.example;
+        location ~ ^(/_matrix|/_synapse/client|/_synapse/admin) {{
+            proxy_pass http://{upstream};
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Host $host:$server_port;
+            client_max_body_size 50M;
+            proxy_http_version 1.1;
+        }}
+    }}
+}}
+"#
+        );
+        let conf_path = dir.path.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path.join("error.log"));
+        let process = Process::spawn(cmd, None);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        for _ in 0..200 {
+            if TcpStream::connect(addr).is_ok() {
+                return Self {
+                    process,
+                    addr,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nginx did not start on {addr}");
+    }
+}
+
+impl Client {
+    /// Connects from a chosen local address (any 127.0.0.0/8 address is on loopback), so a
+    /// test can tell clients apart by address.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Self {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => libc::AF_INET,
+            std::net::IpAddr::V6(_) => libc::AF_INET6,
+        };
+        // std has no bind-before-connect; a raw socket, then into a TcpStream.
+        // SAFETY: plain socket calls on a descriptor we own.
+        let fd = unsafe { libc::socket(socket, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let bind = SocketAddr::new(from, 0);
+        let (sa, len) = sockaddr(&bind);
+        // SAFETY: `sa` is a valid sockaddr of `len` bytes.
+        let r = unsafe { libc::bind(fd, (&raw const sa).cast(), len) };
+        assert_eq!(r, 0, "bind {bind}: {}", std::io::Error::last_os_error());
+        let (sa, len) = sockaddr(&addr);
+        // SAFETY: as above.
+        let r = unsafe { libc::connect(fd, (&raw const sa).cast(), len) };
+        assert_eq!(r, 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        use std::os::fd::FromRawFd;
+        // SAFETY: `fd` is a connected TCP socket that nothing else owns.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        Self {
+            stream,
+            sent: 0,
+            received: 0,
+            responses: 0,
+        }
+    }
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// The exact response of `test-server` for a body of `n` bytes.
+pub fn test_server_response_len(n: u64, close: bool) -> u64 {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Type: application/octet-stream\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    head.len() as u64 + n
+}
+
+/// A Synapse access token for `localpart`, built as Synapse's
+/// `AuthHandler.generate_access_token` does: `syt_<unpadded standard base64 of the
+/// localpart>_<random letters>_<base62 of the CRC-32 of what precedes, 6 digits>`.
+pub fn synapse_token(localpart: &str, random: &str) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut b64 = String::new();
+    for chunk in localpart.as_bytes().chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    let base = format!("syt_{b64}_{random}");
+    // zlib's CRC-32 (reflected, polynomial 0xEDB88320).
+    let mut crc = !0u32;
+    for b in base.bytes() {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut crc = !crc;
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = B62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    format!("{base}_{}", String::from_utf8_lossy(&digits))
 }

@@ -18,6 +18,24 @@ fn sensor() -> Command {
     cmd
 }
 
+/// `homeserver-sensor run -c CONFIG` with the fingerprint key in `dir`, not the
+/// installation's.
+fn run_in(dir: &TempDir) -> Command {
+    let config = dir.path.join("config.toml");
+    let key = dir.path.join("fingerprint.key");
+    std::fs::write(
+        &config,
+        format!(
+            "[attribution]\nkey_file = {:?}\n",
+            key.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut cmd = sensor();
+    cmd.arg("run").arg("-c").arg(config);
+    cmd
+}
+
 fn assert_one_sentence(out: &Output, needle: &str) {
     assert!(!out.status.success(), "expected a failure: {out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -51,8 +69,9 @@ fn without_privilege_says_what_to_do() {
 #[test]
 fn a_missing_pid_is_one_sentence() {
     require_root();
-    let out = sensor()
-        .args(["run", "--pid", "999999999", "--duration", "1"])
+    let dir = TempDir::new("pid");
+    let out = run_in(&dir)
+        .args(["--pid", "999999999", "--duration", "1"])
         .output()
         .expect("run sensor");
     assert_one_sentence(&out, "no process with PID 999999999");
@@ -96,8 +115,8 @@ fn duration_flushes_open_connections_then_stops() {
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let dir = TempDir::new("cli");
     let events = dir.path.join("events.jsonl");
-    let mut child = sensor()
-        .args(["run", "--duration", "3", "--events"])
+    let mut child = run_in(&dir)
+        .args(["--duration", "3", "--events"])
         .arg(&events)
         .args(["--pid", &server.pid().to_string()])
         .stderr(Stdio::null())
@@ -131,8 +150,8 @@ fn sigterm_stops_cleanly_and_detaches() {
     let _server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let dir = TempDir::new("term");
     let events = dir.path.join("events.jsonl");
-    let mut child = sensor()
-        .args(["run", "--events"])
+    let mut child = run_in(&dir)
+        .args(["--events"])
         .arg(&events)
         .args(["--cgroup", &cgroup.rel])
         .stderr(Stdio::null())

@@ -5,9 +5,9 @@
 //! Usage: `test-server ADDR...` (e.g. `127.0.0.1:0 [::1]:0`). Prints one line per listener,
 //! `listening ADDR`, then serves until killed.
 //!
-//! Routes: `GET /bytes/N` answers N bytes; `GET /file/PATH` answers the file's content (read
-//! with `read()` from disk at each request); `POST /upload` reads a `Content-Length` body and
-//! answers `ok`.
+//! Routes: any path with a `bytes=N` query parameter answers N bytes; `GET /bytes/N` answers
+//! N bytes; `GET /file/PATH` answers the file's content (read with `read()` from disk at each
+//! request); anything else answers `ok`. A `Content-Length` body is read first.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -66,12 +66,19 @@ fn serve(stream: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let path = request_line
+        let target = request_line
             .split_whitespace()
             .nth(1)
             .unwrap_or("/")
             .to_string();
-        let payload: Vec<u8> = if let Some(n) = path.strip_prefix("/bytes/") {
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let sized = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("bytes="))
+            .and_then(|n| n.parse::<usize>().ok());
+        let payload: Vec<u8> = if let Some(n) = sized {
+            vec![b'y'; n]
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
             vec![b'x'; n.parse().unwrap_or(0)]
         } else if let Some(file) = path.strip_prefix("/file") {
             std::fs::read(file).unwrap_or_default()

@@ -1,0 +1,5 @@
+mod config;
+mod fingerprint;
+mod redact;
+mod synapse_token;
+mod token;

@@ -1,0 +1,380 @@
+//! Privileged tests of request attribution: request heads captured in the kernel, behind a
+//! real nginx (Debian's, with Synapse's documented reverse-proxy configuration) and from a
+//! direct keep-alive client; the right client address, token fingerprint and user, and
+//! exact bytes per request.
+
+use std::{net::IpAddr, time::Duration};
+
+use homeserver_sensor::config::Config;
+use homeserver_sensor_tests::{
+    Agent, Cgroup, Client, Nginx, Server, require_root, settle, synapse_token,
+    test_server_response_len,
+};
+use serde_json::Value;
+
+fn config() -> Config {
+    let mut c = Config::default();
+    // nginx talks to the upstream from 127.0.0.1; the test's clients use other loopback
+    // addresses, which must count as real clients.
+    c.attribution.trusted_proxies = vec!["127.0.0.1/32".into()];
+    c.attribution.server_name = Some("test.example".into());
+    c
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn requests(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["kind"] == "request").collect()
+}
+
+/// The one request record whose path starts with `prefix`.
+fn request<'a>(records: &'a [Value], prefix: &str) -> &'a Value {
+    let found: Vec<&Value> = requests(records)
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(prefix)))
+        .collect();
+    assert_eq!(found.len(), 1, "one request for {prefix}: {records:#?}");
+    found[0]
+}
+
+#[test]
+fn proxied_requests_name_the_client_the_token_and_the_user() {
+    require_root();
+    let cgroup = Cgroup::new("proxied");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let nginx = Nginx::start(server.addrs[0]);
+    let agent = Agent::for_cgroup(&cgroup, config());
+    let alice = synapse_token("alice", "qWkcnDhFoCFbYgMTpbRk");
+    let bob = synapse_token("bob.smith", "ZZkcnDhFoCFbYgMTpbRk");
+
+    let get = |from: &str, target: &str, extra: &str| {
+        let mut c = Client::connect_from(ip(from), nginx.addr);
+        c.send(
+            format!("GET {target} HTTP/1.1\r\nHost: matrix.test.example\r\n{extra}\r\n").as_bytes(),
+        );
+        c.read_response();
+        c.finish_reading();
+    };
+    let messages =
+        "/_matrix/client/v3/rooms/%21room1%3Atest.example/messages?dir=b&limit=10&bytes=50000";
+    get(
+        "127.0.0.5",
+        messages,
+        &format!("Authorization: Bearer {alice}\r\n"),
+    );
+    // The same token in the query string: same fingerprint, path redacted.
+    get(
+        "127.0.0.5",
+        &format!(
+            "/_matrix/media/v3/download/test.example/AbCdEf123?access_token={alice}&bytes=300000"
+        ),
+        "",
+    );
+    get(
+        "127.0.0.6",
+        "/_matrix/client/v3/profile/%40carol%3Atest.example?bytes=100",
+        &format!("Authorization: Bearer {bob}\r\n"),
+    );
+    get(
+        "127.0.0.7",
+        "/_matrix/media/v3/thumbnail/test.example/XyZ?width=96&bytes=7000",
+        "",
+    );
+    // A client forging X-Forwarded-For through nginx: nginx replaces the header.
+    get(
+        "127.0.0.8",
+        "/_matrix/client/v3/sync?full_state=true&bytes=10",
+        "X-Forwarded-For: 203.0.113.66\r\n",
+    );
+    settle();
+    let records = agent.stop();
+
+    let m = request(&records, "/_matrix/client/v3/rooms/");
+    assert_eq!(m["client_ip"], "127.0.0.5", "{m}");
+    assert_eq!(m["client_ip_source"], "x_forwarded_for", "{m}");
+    assert_eq!(m["user"], "@alice:test.example", "{m}");
+    assert_eq!(m["endpoint"], "client.messages", "{m}");
+    assert_eq!(m["room"], "!room1:test.example", "{m}");
+    assert_eq!(
+        m["peer"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.1")
+    );
+    // Through nginx, the upstream's response is what the request sent out, exactly.
+    assert_eq!(
+        m["bytes_out"],
+        test_server_response_len(50_000, true),
+        "{m}"
+    );
+    assert!(m["bytes_in"].as_u64().unwrap() > 0);
+    let fp_alice = m["token"].as_str().expect("a fingerprint").to_string();
+    assert!(
+        fp_alice.starts_with("tfp_") && fp_alice.len() == 20,
+        "{fp_alice}"
+    );
+
+    let d = request(&records, "/_matrix/media/v3/download/");
+    assert_eq!(
+        d["token"],
+        fp_alice.as_str(),
+        "same token, same fingerprint: {d}"
+    );
+    assert_eq!(d["token_source"], "query");
+    assert_eq!(d["user"], "@alice:test.example");
+    assert_eq!(d["media_server"], "test.example");
+    assert_eq!(d["media_id"], "AbCdEf123");
+    assert!(
+        d["path"]
+            .as_str()
+            .unwrap()
+            .contains("access_token=<redacted>"),
+        "{d}"
+    );
+    assert_eq!(d["bytes_out"], test_server_response_len(300_000, true));
+
+    let p = request(&records, "/_matrix/client/v3/profile/");
+    assert_eq!(p["client_ip"], "127.0.0.6");
+    assert_eq!(p["user"], "@bob.smith:test.example");
+    assert_ne!(
+        p["token"],
+        fp_alice.as_str(),
+        "different tokens, different fingerprints"
+    );
+    assert_eq!(p["target_user"], "@carol:test.example");
+
+    let t = request(&records, "/_matrix/media/v3/thumbnail/");
+    assert_eq!(t["client_ip"], "127.0.0.7");
+    assert!(t["token"].is_null() && t["user"].is_null(), "{t}");
+
+    let s = request(&records, "/_matrix/client/v3/sync");
+    assert_eq!(
+        s["client_ip"], "127.0.0.8",
+        "nginx's X-Forwarded-For, not the forged one: {s}"
+    );
+    assert_eq!(s["full_state"], true);
+
+    for r in requests(&records) {
+        assert_eq!(r["head"], "parsed", "{r}");
+        assert_eq!(r["complete"], true, "{r}");
+        assert_eq!(r["pid"], server.pid(), "{r}");
+    }
+    assert_eq!(requests(&records).len(), 5);
+}
+
+#[test]
+fn direct_keepalive_client_gets_exact_bytes_per_request() {
+    require_root();
+    let cgroup = Cgroup::new("direct");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let agent = Agent::for_cgroup(&cgroup, config());
+    let token = synapse_token("dave", "AAAAAAAAAAAAAAAAAAAA");
+    let mut c = Client::connect_from(ip("127.0.0.9"), server.addrs[0]);
+    // (path, sent, received) for each request, measured by the client.
+    let mut expected = Vec::new();
+    let exchange = |c: &mut Client, head: String, body: &[u8]| {
+        let (s0, r0) = (c.sent, c.received);
+        c.send(head.as_bytes());
+        c.send(body);
+        c.read_response();
+        (c.sent - s0, c.received - r0)
+    };
+    for (i, size) in [0u64, 1, 1000, 65_536, 1_000_000].into_iter().enumerate() {
+        let target =
+            format!("/_matrix/client/v3/rooms/%21r{i}%3Atest.example/context/%24ev?bytes={size}");
+        let head =
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let (s, r) = exchange(&mut c, head, b"");
+        expected.push((format!("/_matrix/client/v3/rooms/%21r{i}%3A"), s, r));
+    }
+    // An upload: its body is counted in bytes_in, never captured as a head.
+    let body = vec![b'B'; 250_000];
+    let head = format!(
+        "POST /_matrix/media/v3/upload?filename=a.bin HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        body.len()
+    );
+    let (s, r) = exchange(&mut c, head, &body);
+    expected.push(("/_matrix/media/v3/upload".to_string(), s, r));
+    // A forged X-Forwarded-For from a client that is not a trusted proxy: not believed.
+    let head = "GET /_matrix/client/v3/publicRooms?bytes=5 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.66\r\n\r\n".to_string();
+    let (s, r) = exchange(&mut c, head, b"");
+    expected.push(("/_matrix/client/v3/publicRooms".to_string(), s, r));
+    // A head sent in three pieces, with pauses: several segments, one head.
+    let (s0, r0) = (c.sent, c.received);
+    c.stream.set_nodelay(true).unwrap();
+    c.send(b"GET /_matrix/client/v3/user_directory/search?bytes=321 HTTP/1.1\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"Host: x\r\nAuthorization: Bearer ");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(format!("{token}\r\n\r\n").as_bytes());
+    c.read_response();
+    expected.push((
+        "/_matrix/client/v3/user_directory/search".to_string(),
+        c.sent - s0,
+        c.received - r0,
+    ));
+    // The last request closes the connection.
+    let (s0, r0) = (c.sent, c.received);
+    c.request(
+        "GET",
+        "/_matrix/client/v3/sync?since=s1&bytes=77",
+        b"",
+        true,
+    );
+    c.finish_reading();
+    expected.push((
+        "/_matrix/client/v3/sync".to_string(),
+        c.sent - s0,
+        c.received - r0,
+    ));
+    settle();
+    let records = agent.stop();
+
+    assert_eq!(requests(&records).len(), expected.len(), "{records:#?}");
+    for (prefix, sent, received) in &expected {
+        let r = request(&records, prefix);
+        assert_eq!(r["bytes_in"], *sent, "bytes_in of {prefix}: {r}");
+        assert_eq!(r["bytes_out"], *received, "bytes_out of {prefix}: {r}");
+        assert_eq!(r["client_ip"], "127.0.0.9", "{r}");
+        assert_eq!(r["head"], "parsed", "{r}");
+    }
+    let forged = request(&records, "/_matrix/client/v3/publicRooms");
+    assert_eq!(forged["client_ip_source"], "peer");
+    assert_eq!(forged["forwarding_ignored"], true, "{forged}");
+    let split = request(&records, "/_matrix/client/v3/user_directory/search");
+    assert_eq!(split["user"], "@dave:test.example", "{split}");
+    let ctx = request(&records, "/_matrix/client/v3/rooms/%21r2%3A");
+    assert_eq!(ctx["endpoint"], "client.context");
+    assert_eq!(ctx["event_id"], "$ev");
+    // The sum of the requests is the connection.
+    let conn = records
+        .iter()
+        .find(|r| r["kind"] == "connection" && r["peer"] == c.local().to_string().as_str())
+        .expect("connection record");
+    let total_out: u64 = requests(&records)
+        .iter()
+        .map(|r| r["bytes_out"].as_u64().unwrap())
+        .sum();
+    assert_eq!(conn["bytes_out"], total_out);
+}
+
+#[test]
+fn heads_that_cannot_be_parsed_are_counted_and_explained() {
+    require_root();
+    let cgroup = Cgroup::new("bad");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let agent = Agent::for_cgroup(&cgroup, config());
+    // Longer than the 4 KiB capture budget: cut.
+    let mut c = Client::connect_from(ip("127.0.0.10"), server.addrs[0]);
+    let long = "x".repeat(5000);
+    c.send(
+        format!("GET /_matrix/client/v3/sync?bytes=3 HTTP/1.1\r\nX-Long: {long}\r\n\r\n")
+            .as_bytes(),
+    );
+    c.read_response();
+    // Not valid HTTP/1.x (a bad header line): malformed.
+    c.send(b"GET /_matrix/client/v3/sync?bytes=4 HTTP/1.1\r\nno colon here\r\n\r\n");
+    c.read_response();
+    c.finish_reading();
+    settle();
+    let records = agent.stop();
+    let heads: Vec<&str> = requests(&records)
+        .iter()
+        .map(|r| r["head"].as_str().unwrap())
+        .collect();
+    assert_eq!(heads, ["cut", "malformed"], "{records:#?}");
+    let stop = records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "sensor")
+        .unwrap();
+    assert_eq!(stop["heads"]["cut"], 1, "{stop}");
+    assert_eq!(stop["heads"]["malformed"], 1, "{stop}");
+    assert_eq!(stop["drops"]["head_cut"], 1, "{stop}");
+}
+
+/// Searches everything the sensor wrote (events, its log at trace level, its state
+/// directory) for the raw tokens a client used: none may appear.
+#[test]
+fn raw_tokens_never_leave_the_agent() {
+    use std::process::{Command, Stdio};
+
+    use homeserver_sensor_tests::{TempDir, read_records, sibling_binary};
+    require_root();
+    let cgroup = Cgroup::new("leak");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let dir = TempDir::new("leak");
+    let events = dir.path.join("events.jsonl");
+    let log = dir.path.join("stderr.log");
+    let config = dir.path.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[attribution]\ntrusted_proxies = [\"127.0.0.1/32\"]\nserver_name = \"test.example\"\nkey_file = {:?}\n",
+            dir.path.join("state/fingerprint.key").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(sibling_binary("homeserver-sensor"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .args(["--cgroup", &cgroup.rel, "--duration", "4", "--events"])
+        .arg(&events)
+        .env("HOMESERVER_SENSOR_LOG", "trace")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("start sensor");
+    for _ in 0..500 {
+        if read_records(&events).iter().any(|r| r["phase"] == "start") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tokens = [
+        synapse_token("eve", "LeakLeakLeakLeakLeak"),
+        "mat_SecretMasTokenValue12345".to_string(),
+        "MDAxY2xvY2F0aW9uIHRlc3QuZXhhbXBsZQ".to_string(),
+    ];
+    for (i, t) in tokens.iter().enumerate() {
+        let mut c = Client::connect_from(ip("127.0.0.11"), server.addrs[0]);
+        c.request(
+            "GET",
+            &format!("/_matrix/client/v3/sync?bytes={i}"),
+            b"",
+            false,
+        );
+        c.send(format!("GET /_matrix/client/v3/rooms/%21a%3Ab/messages?bytes=9 HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes());
+        c.read_response();
+        // In the query string too, and in a head that cannot be parsed.
+        c.request(
+            "GET",
+            &format!("/_matrix/media/v3/download/b/c?access_token={t}&bytes=5"),
+            b"",
+            false,
+        );
+        c.send(format!("GET /x?access_token={t} HTTP/1.1\r\nbroken header {t}\r\n\r\n").as_bytes());
+        c.read_response();
+        c.finish_reading();
+    }
+    let status = child.wait().expect("sensor");
+    assert!(status.success());
+    let mut written = std::fs::read(&events).unwrap();
+    written.extend(std::fs::read(&log).unwrap());
+    for entry in std::fs::read_dir(dir.path.join("state")).unwrap() {
+        written.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let text = String::from_utf8_lossy(&written);
+    assert!(
+        text.contains("\"kind\":\"request\""),
+        "no request records: {text}"
+    );
+    assert!(text.contains("tfp_"), "no fingerprints");
+    for t in &tokens {
+        assert!(
+            !text.contains(t.as_str()),
+            "raw token {t} found in the sensor's output"
+        );
+        // Nor a long piece of it.
+        assert!(!text.contains(&t[4..t.len() - 4]), "part of {t} found");
+    }
+}
