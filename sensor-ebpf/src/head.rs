@@ -32,6 +32,9 @@ use crate::{
     skb::NewData,
 };
 
+/// `BPF_RB_NO_WAKEUP` from include/uapi/linux/bpf.h.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// `\r\n\r\n` as the last four bytes of a big-endian window.
 const HEAD_END: u32 = 0x0d0a_0d0a;
 
@@ -172,7 +175,10 @@ fn capture(
             HeadEvent::HEADER + ((n - 1) & (HEAD_CAPTURE - 1)) + 1,
         )
     };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    // No wakeup per head: at thousands of requests a second, waking the agent for each
+    // costs more than everything else here. The agent drains on a short timer (and on the
+    // connection events, which do wake it).
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
         stats.heads_lost += 1;
         count_drop(Drop::RingbufHead);
     }
@@ -195,7 +201,7 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` that `find_head_end` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
     let o = (index as usize).wrapping_mul(8);
-    if o >= HEAD_CAPTURE - 8 + 1 || o as u64 >= scan.n {
+    if o > HEAD_CAPTURE - 8 || o as u64 >= scan.n {
         return 1;
     }
     // SAFETY: `data` points to the scratch entry, valid while the program runs.

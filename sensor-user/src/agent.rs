@@ -31,6 +31,9 @@ use crate::{
     time::{KernelClock, monotonic_ns, now_rfc3339},
 };
 
+/// How often the ring buffer is drained without a wakeup: the most a request head waits.
+const HEAD_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// What to watch. Empty means: discover the homeserver's processes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Targets {
@@ -172,11 +175,15 @@ pub async fn run(
     // Explicit targets must all be watchable at start; discovery may find nothing yet.
     agent.rescan(true)?;
     agent.sensor_record("start")?;
+    agent.flush()?;
 
     let rescan_every = Duration::from_millis(agent.opts.config.discovery.rescan_ms);
     let mut rescan = tokio::time::interval(rescan_every);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    // Request heads do not wake the agent (see sensor-ebpf/src/head.rs): drain this often.
+    let mut drain_tick = tokio::time::interval(HEAD_DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let duration = agent.opts.duration;
     let deadline = async move {
         match duration {
@@ -195,17 +202,28 @@ pub async fn run(
                 agent.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => agent.drain(events.get_mut())?,
             _ = rescan.tick() => agent.rescan(false)?,
             _ = sweep.tick() => agent.sweep_closed()?,
         }
+        agent.flush()?;
     }
     agent.stop(events.get_mut())?;
+    agent.flush()?;
     Ok(agent.summary)
 }
 
 impl Agent {
     fn write(&mut self, record: &Record) -> Result<(), AgentError> {
         self.out.write(record).map_err(|source| AgentError::Output {
+            sink: self.opts.events.clone(),
+            source,
+        })
+    }
+
+    /// Sends the records written since the last flush.
+    fn flush(&mut self) -> Result<(), AgentError> {
+        self.out.flush().map_err(|source| AgentError::Output {
             sink: self.opts.events.clone(),
             source,
         })
@@ -310,7 +328,7 @@ impl Agent {
         if targets.is_discovery() {
             for p in discover::find_synapse(proc_root)? {
                 if configs.is_empty() {
-                    configs.clone_from(&p.config_paths);
+                    configs = absolute_configs(proc_root, p.pid, &p.config_paths);
                 }
                 by_cgroup
                     .entry(p.cgroup.unwrap_or_else(|| "/".into()))
@@ -322,7 +340,7 @@ impl Agent {
             match discover::describe_pid(proc_root, pid) {
                 Ok(info) => {
                     if configs.is_empty() {
-                        configs.clone_from(&info.config_paths);
+                        configs = absolute_configs(proc_root, pid, &info.config_paths);
                     }
                     by_cgroup
                         .entry(info.cgroup.unwrap_or_else(|| "/".into()))
@@ -590,6 +608,19 @@ impl Agent {
         }
         self.sensor_record("stop")
     }
+}
+
+/// Synapse's `-c` paths, relative ones resolved against Synapse's working directory (as
+/// Synapse itself resolved them), not the sensor's.
+fn absolute_configs(proc_root: &Path, pid: u32, paths: &[PathBuf]) -> Vec<PathBuf> {
+    let cwd = std::fs::read_link(proc_root.join(pid.to_string()).join("cwd")).ok();
+    paths
+        .iter()
+        .map(|p| match &cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p.clone(),
+        })
+        .collect()
 }
 
 /// Checks the operator's `--pid` and `--cgroup` before anything is created on disk, so a

@@ -72,14 +72,19 @@ impl Drop for Cgroup {
 /// The path of a binary built next to the test executable (the test server).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run the tests with `cargo xtask test`",
-        path.display()
-    );
-    path
+    // Test executables live in `target/<profile>/deps`, binaries in `target/<profile>`.
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join(name), dir.parent().unwrap_or(dir).join(name)];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not built next to {}: run the tests with `cargo xtask test`",
+                exe.display()
+            )
+        })
 }
 
 /// A process started by a test, killed by PID on drop.

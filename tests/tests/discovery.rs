@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use homeserver_sensor::{agent::Targets, config::Config};
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, FakeSynapse, Server, connection_of, require_root, settle,
+    Agent, Cgroup, Client, FakeSynapse, Server, connection_of, require_root, settle, synapse_token,
 };
 use serde_json::Value;
 
@@ -50,7 +50,10 @@ fn new_synapse_workers_are_watched_within_a_second_and_dropped_when_gone() {
 
     let mut c = Client::connect(worker.addr);
     c.request("GET", "/bytes/123456", b"", false);
-    c.request("GET", "/bytes/7", b"", false);
+    // The user's server name comes from the worker's own configuration (`-c`).
+    let token = synapse_token("frank", "FrankFrankFrankFrank");
+    c.send(format!("GET /bytes/7 HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes());
+    c.read_response();
     c.finish_reading();
     settle();
 
@@ -63,6 +66,14 @@ fn new_synapse_workers_are_watched_within_a_second_and_dropped_when_gone() {
     assert_eq!(found[0]["pid"], pid);
     assert_eq!(found[0]["bytes_in"], c.sent);
     assert_eq!(found[0]["bytes_out"], c.received);
+    let requests: Vec<&Value> = records.iter().filter(|r| r["kind"] == "request").collect();
+    assert_eq!(requests.len(), 2, "{records:#?}");
+    assert_eq!(
+        requests[1]["user"], "@frank:test.example",
+        "{:#}",
+        requests[1]
+    );
+    assert!(requests[0]["user"].is_null());
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub fn bench(opts: &BenchOptions) -> Result<()> {
         "homeserver-sensor-tests",
         "--bin",
         "bench",
+        "--bin",
+        "test-server",
     ]))?;
     let json = cmd::workspace_root().join(&opts.json);
     if let Some(dir) = json.parent() {

@@ -6,7 +6,9 @@
 //!   TCP ping-pong (two sends, two receives per round trip), in a process outside every
 //!   watched cgroup;
 //! - watched process: loopback TCP throughput of a sender inside the watched cgroup, with
-//!   1 KiB and 64 KiB writes.
+//!   1 KiB and 64 KiB writes; requests per second of an HTTP server inside it (keep-alive,
+//!   small requests with a token: every request's head is captured and sent to the agent);
+//! - BPF run time per program invocation, from the kernel's statistics.
 //!
 //! Modes: no sensor; the sensor with its defaults (cgroup programs only); with
 //! `accounting.call_counts`; with `accounting.syscalls`.
@@ -22,7 +24,7 @@ use std::{
 };
 
 use homeserver_sensor::config::Config;
-use homeserver_sensor_tests::{Agent, Cgroup, Process, require_root};
+use homeserver_sensor_tests::{Agent, Cgroup, Process, Server, require_root};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
@@ -97,6 +99,13 @@ fn workloads(quick: bool) -> Vec<Workload> {
             args: vec!["pingpong".into(), n(100_000)],
         },
         Workload {
+            name: "watched HTTP server, keep-alive",
+            unit: "requests/s",
+            higher_is_better: true,
+            watched: false,
+            args: vec!["http".into(), n(20_000)],
+        },
+        Workload {
             name: "watched sender, 1 KiB writes",
             unit: "MB/s",
             higher_is_better: true,
@@ -139,6 +148,11 @@ fn main() {
 
 fn run(rounds: usize, quick: bool, json_path: Option<String>) {
     let cgroup = Cgroup::new("bench");
+    // The HTTP server the request workload talks to, watched (its cgroup is).
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    // Per-program run time (the kernel counts it only while this fd is open).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF stats");
+    let mut bpf: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
     // The sink of the watched sender's stream: outside the watched cgroup.
     let sink = TcpListener::bind("127.0.0.1:0").expect("bind sink");
     let sink_addr = sink.local_addr().expect("sink addr");
@@ -165,16 +179,52 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
                 .map(|config| Agent::for_cgroup(&cgroup, config));
             for (i, w) in loads.iter().enumerate() {
                 let mut args = w.args.clone();
-                if w.args[0] == "stream" {
-                    args.push(sink_addr.to_string());
+                match w.args[0].as_str() {
+                    "stream" => args.push(sink_addr.to_string()),
+                    "http" => args.push(server.addrs[0].to_string()),
+                    _ => {}
                 }
+                let before = program_stats();
                 let value = run_worker(&args, w.watched.then_some(&cgroup));
+                for (name, (ns, count)) in program_stats() {
+                    let (ns0, count0) = before.get(&name).copied().unwrap_or((0, 0));
+                    let slot = bpf.entry((mode, name)).or_default();
+                    slot.0 += ns.saturating_sub(ns0);
+                    slot.1 += count.saturating_sub(count0);
+                }
                 results[i].entry(mode).or_default().push(value);
             }
             drop(agent);
         }
     }
-    report(&loads, &results, rounds, json_path);
+    report(&loads, &results, &bpf, rounds, json_path);
+}
+
+/// Run time and run count of the sensor's loaded programs, by name (the kernel keeps the
+/// first 15 characters).
+fn program_stats() -> BTreeMap<String, (u64, u64)> {
+    const OURS: [&str; 8] = [
+        "conn_ingress",
+        "conn_egress",
+        "conn_sockops",
+        "sock_send_lengt",
+        "sock_recv_lengt",
+        "inet_sock_set_s",
+        "sys_enter",
+        "sys_exit",
+    ];
+    let mut out = BTreeMap::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        if OURS.contains(&name) {
+            let e = out.entry(name.to_string()).or_insert((0, 0));
+            e.0 += info.run_time().as_nanos() as u64;
+            e.1 += info.run_count();
+        }
+    }
+    out
 }
 
 fn run_worker(args: &[String], cgroup: Option<&Cgroup>) -> f64 {
@@ -209,6 +259,7 @@ fn median(v: &[f64]) -> f64 {
 fn report(
     loads: &[Workload],
     results: &[BTreeMap<Mode, Vec<f64>>],
+    bpf: &BTreeMap<(Mode, String), (u64, u64)>,
     rounds: usize,
     json_path: Option<String>,
 ) {
@@ -253,8 +304,33 @@ fn report(
             }));
         }
     }
+    println!();
+    println!("BPF run time per invocation (kernel stats, all workloads of the mode):");
+    println!(
+        "{:<36} {:<18} {:>14} {:>12}",
+        "mode", "program", "invocations", "ns/run"
+    );
+    let mut bpf_json = Vec::new();
+    for ((mode, name), (ns, count)) in bpf {
+        if *count == 0 {
+            continue;
+        }
+        let per = *ns as f64 / *count as f64;
+        println!(
+            "{:<36} {:<18} {:>14} {:>12.1}",
+            mode.name(),
+            name,
+            count,
+            per
+        );
+        bpf_json.push(serde_json::json!({
+            "mode": mode.name(), "program": name, "invocations": count, "ns_per_run": per,
+        }));
+    }
     if let Some(path) = json_path {
-        let doc = serde_json::json!({ "kernel": kernel.trim(), "rounds": rounds, "results": json });
+        let doc = serde_json::json!({
+            "kernel": kernel.trim(), "rounds": rounds, "results": json, "bpf": bpf_json,
+        });
         std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json"))
             .unwrap_or_else(|e| panic!("write {path}: {e}"));
         eprintln!("bench: results written to {path}");
@@ -305,6 +381,26 @@ fn worker(args: &[String]) {
             }
             let secs = start.elapsed().as_secs_f64();
             println!("{:.1}", sent as f64 / secs / 1e6);
+        }
+        "http" => {
+            let count = n(1);
+            let mut c = TcpStream::connect(&args[2]).expect("connect server");
+            c.set_nodelay(true).expect("nodelay");
+            // A request as Synapse receives it from a client with a token: about 250 bytes.
+            let req = b"GET /_matrix/client/v3/rooms/%21abc%3Aexample.org/messages?dir=b&limit=10&bytes=100 HTTP/1.1\r\nHost: matrix.example.org\r\nUser-Agent: bench\r\nAccept: application/json\r\nAuthorization: Bearer syt_YWxpY2U_qWkcnDhFoCFbYgMTpbRk_0JrhLt\r\n\r\n";
+            let mut buf = vec![0u8; 4096];
+            let start = Instant::now();
+            for _ in 0..count {
+                c.write_all(req).expect("request");
+                // The response: a fixed head and 100 bytes; read until both are in.
+                let mut got = 0;
+                while got < 180 {
+                    let k = c.read(&mut buf).expect("response");
+                    assert!(k > 0, "server closed");
+                    got += k;
+                }
+            }
+            println!("{:.1}", count as f64 / start.elapsed().as_secs_f64());
         }
         other => panic!("unknown worker {other}"),
     }
