@@ -152,7 +152,7 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     // Per-program run time (the kernel counts it only while this fd is open).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enable BPF stats");
-    let mut bpf: BTreeMap<(Mode, String), (u64, u64)> = BTreeMap::new();
+    let mut bpf: BTreeMap<(&'static str, Mode, String), (u64, u64)> = BTreeMap::new();
     // The sink of the watched sender's stream: outside the watched cgroup.
     let sink = TcpListener::bind("127.0.0.1:0").expect("bind sink");
     let sink_addr = sink.local_addr().expect("sink addr");
@@ -188,7 +188,7 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
                 let value = run_worker(&args, w.watched.then_some(&cgroup));
                 for (name, (ns, count)) in program_stats() {
                     let (ns0, count0) = before.get(&name).copied().unwrap_or((0, 0));
-                    let slot = bpf.entry((mode, name)).or_default();
+                    let slot = bpf.entry((w.name, mode, name)).or_default();
                     slot.0 += ns.saturating_sub(ns0);
                     slot.1 += count.saturating_sub(count0);
                 }
@@ -259,7 +259,7 @@ fn median(v: &[f64]) -> f64 {
 fn report(
     loads: &[Workload],
     results: &[BTreeMap<Mode, Vec<f64>>],
-    bpf: &BTreeMap<(Mode, String), (u64, u64)>,
+    bpf: &BTreeMap<(&'static str, Mode, String), (u64, u64)>,
     rounds: usize,
     json_path: Option<String>,
 ) {
