@@ -305,26 +305,28 @@ fn report(
         }
     }
     println!();
-    println!("BPF run time per invocation (kernel stats, all workloads of the mode):");
+    println!("BPF run time per invocation (kernel stats, summed over rounds):");
     println!(
-        "{:<36} {:<18} {:>14} {:>12}",
-        "mode", "program", "invocations", "ns/run"
+        "{:<34} {:<36} {:<16} {:>12} {:>9}",
+        "workload", "mode", "program", "invocations", "ns/run"
     );
     let mut bpf_json = Vec::new();
-    for ((mode, name), (ns, count)) in bpf {
+    for ((workload, mode, name), (ns, count)) in bpf {
         if *count == 0 {
             continue;
         }
         let per = *ns as f64 / *count as f64;
         println!(
-            "{:<36} {:<18} {:>14} {:>12.1}",
+            "{:<34} {:<36} {:<16} {:>12} {:>9.1}",
+            workload,
             mode.name(),
             name,
             count,
             per
         );
         bpf_json.push(serde_json::json!({
-            "mode": mode.name(), "program": name, "invocations": count, "ns_per_run": per,
+            "workload": workload, "mode": mode.name(), "program": name,
+            "invocations": count, "ns_per_run": per,
         }));
     }
     if let Some(path) = json_path {
