@@ -59,6 +59,8 @@ pub mod sizes {
 /// Names of the programs in the kernel object (the Rust function names).
 pub mod programs {
     pub const SKB_INGRESS: &str = "conn_ingress";
+    /// `conn_ingress` without request heads, for kernels without `bpf_loop` (before 5.17).
+    pub const SKB_INGRESS_BASIC: &str = "conn_ingress_basic";
     pub const SKB_EGRESS: &str = "conn_egress";
     pub const SOCK_OPS: &str = "conn_sockops";
     pub const SOCK_SEND: &str = "sock_send_length";

@@ -32,16 +32,31 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
+/// Counts and captures request heads (head.rs; needs `bpf_loop`, Linux 5.17+).
 #[cgroup_skb(ingress)]
 pub fn conn_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_count(&ctx, Direction::In);
+    let _ = try_count(&ctx, Direction::In, Heads::Capture);
+    PASS
+}
+
+/// The same without request heads, for kernels that refuse `conn_ingress`.
+#[cgroup_skb(ingress)]
+pub fn conn_ingress_basic(ctx: SkBuffContext) -> i32 {
+    let _ = try_count(&ctx, Direction::In, Heads::Skip);
     PASS
 }
 
 #[cgroup_skb(egress)]
 pub fn conn_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_count(&ctx, Direction::Out);
+    let _ = try_count(&ctx, Direction::Out, Heads::Capture);
     PASS
+}
+
+/// Whether the ingress program captures request heads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heads {
+    Capture,
+    Skip,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,7 +102,8 @@ struct TcpHead {
     rest: [u8; 6],
 }
 
-fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
+#[inline(always)]
+fn try_count(ctx: &SkBuffContext, dir: Direction, heads: Heads) -> Result<(), i64> {
     let first: u8 = ctx.load(0)?;
     let (ip_len, protocol) = match first >> 4 {
         4 => {
@@ -134,7 +150,7 @@ fn try_count(ctx: &SkBuffContext, dir: Direction) -> Result<(), i64> {
         let stats_ref = unsafe { &mut *stats };
         match (dir, advance(stats_ref, dir, start, payload)) {
             // The new data is at the end of the segment (a retransmission may overlap it).
-            (Direction::In, Some(new)) => {
+            (Direction::In, Some(new)) if heads == Heads::Capture => {
                 let at = header_len + payload - new.len;
                 head::on_request_data(ctx, cookie, stats_ref, at, new);
             }

@@ -536,6 +536,7 @@ impl Agent {
         let mut unavailable = BTreeMap::new();
         for (name, r) in [
             ("cgroup", &features.cgroup_programs),
+            ("request_heads", &features.request_heads),
             ("tracepoint", &features.sock_tracepoints),
             ("syscalls", &features.syscall_tracepoints),
         ] {

@@ -81,6 +81,8 @@ struct CgroupLinks {
 pub struct Sensor {
     ebpf: Ebpf,
     features: Features,
+    /// The ingress program in use: with request heads, or the basic one.
+    ingress: &'static str,
     cgroups: StdHashMap<String, CgroupLinks>,
     sock_io_attached: bool,
     sock_state_attached: bool,
@@ -146,7 +148,13 @@ impl Sensor {
                 _ => LoadError::Object(e),
             })?;
 
-        let cgroup_programs = load_cgroup_programs(&mut ebpf);
+        let wanted = config.attribution.request_heads;
+        let (cgroup_programs, ingress, request_heads) =
+            match load_cgroup_programs(&mut ebpf, wanted) {
+                Ok((ingress, None)) => (Ok(()), ingress, Ok(())),
+                Ok((ingress, Some(why))) => (Ok(()), ingress, Err(why)),
+                Err(e) => (Err(e.clone()), programs::SKB_INGRESS, Err(e)),
+            };
         let sock_tracepoints = match &btf {
             None => Err("the kernel exposes no BTF at /sys/kernel/btf/vmlinux".to_string()),
             Some(btf) => load_btf_tracepoints(&mut ebpf, btf),
@@ -161,9 +169,11 @@ impl Sensor {
             ebpf,
             features: Features {
                 cgroup_programs,
+                request_heads,
                 sock_tracepoints,
                 syscall_tracepoints,
             },
+            ingress,
             cgroups: StdHashMap::new(),
             sock_io_attached: false,
             sock_state_attached: false,
@@ -196,13 +206,14 @@ impl Sensor {
             path: abs.to_owned(),
             source,
         })?;
-        let ingress = self.skb(programs::SKB_INGRESS)?.attach(
+        let ingress_name = self.ingress;
+        let ingress = self.skb(ingress_name)?.attach(
             &dir,
             CgroupSkbAttachType::Ingress,
             CgroupAttachMode::Single,
         );
         let ingress = ingress.map_err(|source| LoadError::Program {
-            name: programs::SKB_INGRESS,
+            name: ingress_name,
             source,
         })?;
         let egress = self
@@ -215,7 +226,7 @@ impl Sensor {
         let egress = match egress {
             Ok(l) => l,
             Err(e) => {
-                let _ = self.skb(programs::SKB_INGRESS)?.detach(ingress);
+                let _ = self.skb(ingress_name)?.detach(ingress);
                 return Err(e);
             }
         };
@@ -229,7 +240,7 @@ impl Sensor {
         let sockops = match sockops {
             Ok(l) => l,
             Err(e) => {
-                let _ = self.skb(programs::SKB_INGRESS)?.detach(ingress);
+                let _ = self.skb(ingress_name)?.detach(ingress);
                 let _ = self.skb(programs::SKB_EGRESS)?.detach(egress);
                 return Err(e);
             }
@@ -256,10 +267,8 @@ impl Sensor {
             let detach = |r: Result<(), ProgramError>, name| {
                 r.map_err(|source| LoadError::Program { name, source })
             };
-            detach(
-                self.skb(programs::SKB_INGRESS)?.detach(links.ingress),
-                programs::SKB_INGRESS,
-            )?;
+            let ingress_name = self.ingress;
+            detach(self.skb(ingress_name)?.detach(links.ingress), ingress_name)?;
             detach(
                 self.skb(programs::SKB_EGRESS)?.detach(links.egress),
                 programs::SKB_EGRESS,
@@ -335,7 +344,12 @@ impl Sensor {
     pub fn attached_mechanisms(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if !self.cgroups.is_empty() {
-            v.extend(["cgroup_skb/ingress", "cgroup_skb/egress", "sock_ops"]);
+            v.push(if self.ingress == programs::SKB_INGRESS {
+                "cgroup_skb/ingress"
+            } else {
+                "cgroup_skb/ingress (without request heads)"
+            });
+            v.extend(["cgroup_skb/egress", "sock_ops"]);
         }
         if self.sock_io_attached {
             v.extend(["tp_btf/sock_send_length", "tp_btf/sock_recv_length"]);
@@ -559,14 +573,33 @@ fn shorten_verifier_log(s: String) -> String {
     format!("{head}Verifier output (last lines): {tail}")
 }
 
-fn load_cgroup_programs(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in [programs::SKB_INGRESS, programs::SKB_EGRESS] {
+/// Loads the cgroup programs; returns which ingress program loaded and, if it is the one
+/// without request heads, why the full one was refused.
+fn load_cgroup_programs(
+    ebpf: &mut Ebpf,
+    heads_wanted: bool,
+) -> Result<(&'static str, Option<String>), String> {
+    let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), String> {
         let prog: &mut CgroupSkb = program_mut(ebpf, name).map_err(|e| chain(&e))?;
-        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))?;
-    }
+        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))
+    };
+    let full = if heads_wanted {
+        load(ebpf, programs::SKB_INGRESS)
+    } else {
+        Err("turned off by attribution.request_heads".to_string())
+    };
+    let (ingress, heads_refused) = match full {
+        Ok(()) => (programs::SKB_INGRESS, None),
+        Err(full) => {
+            load(ebpf, programs::SKB_INGRESS_BASIC)?;
+            (programs::SKB_INGRESS_BASIC, Some(full))
+        }
+    };
+    load(ebpf, programs::SKB_EGRESS)?;
     let prog: &mut SockOps = program_mut(ebpf, programs::SOCK_OPS).map_err(|e| chain(&e))?;
     prog.load()
-        .map_err(|e| format!("{}: {}", programs::SOCK_OPS, chain(&e)))
+        .map_err(|e| format!("{}: {}", programs::SOCK_OPS, chain(&e)))?;
+    Ok((ingress, heads_refused))
 }
 
 fn load_btf_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {

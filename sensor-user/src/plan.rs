@@ -29,6 +29,8 @@ pub struct Group {
 pub struct Features {
     /// cgroup_skb and sock_ops programs loaded.
     pub cgroup_programs: Result<(), String>,
+    /// The ingress program that captures request heads loaded (else the basic one did).
+    pub request_heads: Result<(), String>,
     /// The BTF tracepoints on sock_send_length / sock_recv_length / inet_sock_set_state loaded.
     pub sock_tracepoints: Result<(), String>,
     /// The raw syscall tracepoints loaded.
@@ -141,6 +143,7 @@ mod tests {
         };
         Features {
             cgroup_programs: r(cgroup),
+            request_heads: r(cgroup),
             sock_tracepoints: r(tp),
             syscall_tracepoints: Ok(()),
         }

@@ -378,3 +378,39 @@ fn raw_tokens_never_leave_the_agent() {
         assert!(!text.contains(&t[4..t.len() - 4]), "part of {t} found");
     }
 }
+
+/// With request heads turned off, the basic ingress program counts connections and nothing
+/// of the HTTP traffic leaves the kernel (also what a kernel without `bpf_loop` runs).
+#[test]
+fn request_heads_can_be_turned_off() {
+    require_root();
+    let cgroup = Cgroup::new("noheads");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let mut c = config();
+    c.attribution.request_heads = false;
+    let agent = Agent::for_cgroup(&cgroup, c);
+    let mut client = Client::connect_from(ip("127.0.0.12"), server.addrs[0]);
+    client.request("GET", "/_matrix/client/v3/sync?bytes=4321", b"", false);
+    client.request("GET", "/_matrix/client/v3/sync?bytes=1", b"", true);
+    client.finish_reading();
+    settle();
+    let records = agent.stop();
+    assert!(requests(&records).is_empty(), "{records:#?}");
+    let conn = records
+        .iter()
+        .find(|r| r["kind"] == "connection")
+        .expect("a connection record");
+    assert_eq!(conn["bytes_out"], client.received);
+    assert_eq!(conn["bytes_in"], client.sent);
+    let start = records.iter().find(|r| r["phase"] == "start").unwrap();
+    assert!(
+        start["unavailable"]["request_heads"]
+            .as_str()
+            .is_some_and(|w| w.contains("turned off")),
+        "{start}"
+    );
+    assert_eq!(
+        start["attached"][0],
+        "cgroup_skb/ingress (without request heads)"
+    );
+}
