@@ -18,6 +18,9 @@ pub struct BenchOptions {
     /// A short run that only proves the benchmark works (CI): fewer operations per sample.
     #[arg(long)]
     pub quick: bool,
+    /// Only the workloads whose name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub json: String,
@@ -50,6 +53,9 @@ pub fn bench(opts: &BenchOptions) -> Result<()> {
         .arg(&json);
     if opts.quick {
         run.arg("--quick");
+    }
+    if let Some(only) = &opts.only {
+        run.arg("--only").arg(only);
     }
     step(format!("running `{}`...", cmd::show(&run)));
     cmd::run(&mut run)

@@ -13,7 +13,8 @@
 //! Modes: no sensor; the sensor with its defaults (cgroup programs only); with
 //! `accounting.call_counts`; with `accounting.syscalls`.
 //!
-//! Usage: `bench [--rounds N] [--quick] [--json PATH]` (as root). Never asserts on timings.
+//! Usage: `bench [--rounds N] [--quick] [--only TEXT] [--json PATH]` (as root). Never
+//! asserts on timings.
 
 use std::{
     collections::BTreeMap,
@@ -131,22 +132,24 @@ fn main() {
     let mut rounds = 5;
     let mut quick = false;
     let mut json_path = None;
+    let mut only = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
             "--quick" => quick = true,
             "--json" => json_path = it.next().cloned(),
+            "--only" => only = it.next().cloned(),
             other => panic!(
                 "unknown argument {other}; usage: bench [--rounds N] [--quick] [--json PATH]"
             ),
         }
     }
     require_root();
-    run(rounds, quick, json_path);
+    run(rounds, quick, only.as_deref(), json_path);
 }
 
-fn run(rounds: usize, quick: bool, json_path: Option<String>) {
+fn run(rounds: usize, quick: bool, only: Option<&str>, json_path: Option<String>) {
     let cgroup = Cgroup::new("bench");
     // The HTTP server the request workload talks to, watched (its cgroup is).
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
@@ -163,7 +166,11 @@ fn run(rounds: usize, quick: bool, json_path: Option<String>) {
             });
         }
     });
-    let loads = workloads(quick);
+    // `--only TEXT` keeps the workloads whose name contains TEXT (profiling one figure).
+    let loads: Vec<Workload> = workloads(quick)
+        .into_iter()
+        .filter(|w| only.is_none_or(|o| w.name.contains(o)))
+        .collect();
     // results[workload][mode] = samples
     let mut results: Vec<BTreeMap<Mode, Vec<f64>>> = vec![BTreeMap::new(); loads.len()];
     // The last round only measures BPF run time per program: the kernel times programs
