@@ -1,0 +1,190 @@
+//! The agent, run in-process by a test, and reading what it wrote.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use homeserver_sensor::{
+    agent::{self, RunOptions, Summary, Targets},
+    config::{Config, DEFAULT_KEY_FILE},
+    output::Sink,
+};
+use serde_json::Value;
+
+use crate::{Cgroup, TempDir};
+
+/// The agent, running in-process on its own thread until `stop`.
+pub struct Agent {
+    events: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<Summary, String>>>,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent and waits for its start record.
+    pub fn start(targets: Targets, config: Config) -> Self {
+        let dir = TempDir::new("agent");
+        let events = dir.path.join("events.jsonl");
+        let mut config = config;
+        if config.attribution.key_file == Path::new(DEFAULT_KEY_FILE) {
+            // Tests never touch the installation's key.
+            config.attribution.key_file = dir.path.join("fingerprint.key");
+        }
+        let opts = RunOptions {
+            config,
+            targets,
+            events: Sink::File(events.clone()),
+            duration: None,
+            proc_root: PathBuf::from("/proc"),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(agent::run(opts, async {
+                let _ = rx.await;
+            }))
+            .map_err(|e| format!("{e:#}"))
+        });
+        let mut agent = Self {
+            events,
+            stop: Some(tx),
+            thread: Some(thread),
+            _dir: dir,
+        };
+        agent.wait_for(Duration::from_secs(30), |records| {
+            records
+                .iter()
+                .any(|r| r["kind"] == "sensor" && r["phase"] == "start")
+        });
+        agent
+    }
+
+    /// Starts the agent watching one process.
+    pub fn for_pid(pid: u32, config: Config) -> Self {
+        Self::start(
+            Targets {
+                pids: vec![pid],
+                cgroups: vec![],
+            },
+            config,
+        )
+    }
+
+    /// Starts the agent watching one cgroup.
+    pub fn for_cgroup(cgroup: &Cgroup, config: Config) -> Self {
+        Self::start(
+            Targets {
+                pids: vec![],
+                cgroups: vec![cgroup.rel.clone()],
+            },
+            config,
+        )
+    }
+
+    /// The records written so far.
+    pub fn records(&self) -> Vec<Value> {
+        read_records(&self.events)
+    }
+
+    /// Polls the records until `pred` holds; panics with the records after `timeout`, or if
+    /// the agent stopped with an error.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let records = self.records();
+            if pred(&records) {
+                return records;
+            }
+            if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self
+                    .thread
+                    .take()
+                    .expect("thread")
+                    .join()
+                    .expect("agent thread");
+                panic!("the agent stopped: {result:?}; records: {records:#?}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?}; records: {records:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent (like SIGTERM) and returns every record it wrote.
+    pub fn stop(mut self) -> Vec<Value> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let result = self
+            .thread
+            .take()
+            .expect("thread")
+            .join()
+            .expect("agent thread");
+        if let Err(e) = result {
+            panic!("the agent failed: {e}");
+        }
+        self.records()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the agent with `targets` and expects it to fail at start; returns its error.
+pub fn agent_start_error(targets: Targets) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = TempDir::new("err");
+    let mut config = Config::default();
+    config.attribution.key_file = dir.path.join("fingerprint.key");
+    let opts = RunOptions {
+        config,
+        targets,
+        events: Sink::File(PathBuf::from("/dev/null")),
+        duration: Some(Duration::from_secs(2)),
+        proc_root: PathBuf::from("/proc"),
+    };
+    match rt.block_on(agent::run(opts, std::future::pending())) {
+        Ok(s) => panic!("the agent started, expected an error (summary {s:?})"),
+        Err(e) => e.to_string(),
+    }
+}
+
+pub fn read_records(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The connection records whose peer is this client address.
+pub fn connection_of(records: &[Value], client: SocketAddr) -> Vec<&Value> {
+    let peer = SocketAddr::new(client.ip().to_canonical(), client.port()).to_string();
+    records
+        .iter()
+        .filter(|r| r["kind"] == "connection" && r["peer"] == peer.as_str())
+        .collect()
+}
