@@ -70,6 +70,16 @@ pub enum LoadError {
     },
 }
 
+/// `map_err` for a map's errors.
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> LoadError {
+    move |source| LoadError::Map { name, source }
+}
+
+/// `map_err` for a program's errors.
+fn program_error(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program { name, source }
+}
+
 /// Links of the cgroup programs attached to one cgroup.
 struct CgroupLinks {
     ingress: CgroupSkbLinkId,
@@ -191,10 +201,7 @@ impl Sensor {
             what: "map",
             name: maps::EVENTS,
         })?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map {
-            name: maps::EVENTS,
-            source,
-        })
+        RingBuf::try_from(map).map_err(map_error(maps::EVENTS))
     }
 
     /// Attaches the cgroup programs to a cgroup v2 directory and marks its id as watched.
@@ -212,17 +219,11 @@ impl Sensor {
             CgroupSkbAttachType::Ingress,
             CgroupAttachMode::Single,
         );
-        let ingress = ingress.map_err(|source| LoadError::Program {
-            name: ingress_name,
-            source,
-        })?;
+        let ingress = ingress.map_err(program_error(ingress_name))?;
         let egress = self
             .skb(programs::SKB_EGRESS)?
             .attach(&dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program {
-                name: programs::SKB_EGRESS,
-                source,
-            });
+            .map_err(program_error(programs::SKB_EGRESS));
         let egress = match egress {
             Ok(l) => l,
             Err(e) => {
@@ -233,10 +234,7 @@ impl Sensor {
         let sockops = self
             .sockops()?
             .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program {
-                name: programs::SOCK_OPS,
-                source,
-            });
+            .map_err(program_error(programs::SOCK_OPS));
         let sockops = match sockops {
             Ok(l) => l,
             Err(e) => {
@@ -255,18 +253,13 @@ impl Sensor {
         );
         self.watched_cgroups()?
             .insert(id, 1, 0)
-            .map_err(|source| LoadError::Map {
-                name: maps::WATCHED_CGROUPS,
-                source,
-            })
+            .map_err(map_error(maps::WATCHED_CGROUPS))
     }
 
     /// Detaches the cgroup programs from a cgroup (its processes are gone).
     pub fn detach_cgroup(&mut self, rel: &str, id: u64) -> Result<(), LoadError> {
         if let Some(links) = self.cgroups.remove(rel) {
-            let detach = |r: Result<(), ProgramError>, name| {
-                r.map_err(|source| LoadError::Program { name, source })
-            };
+            let detach = |r: Result<(), ProgramError>, name| r.map_err(program_error(name));
             let ingress_name = self.ingress;
             detach(self.skb(ingress_name)?.detach(links.ingress), ingress_name)?;
             detach(
@@ -291,19 +284,14 @@ impl Sensor {
     pub fn attach_sock_tracepoints(&mut self, with_state: bool) -> Result<(), LoadError> {
         if !self.sock_io_attached {
             for name in [programs::SOCK_SEND, programs::SOCK_RECV] {
-                self.btf_tp(name)?
-                    .attach()
-                    .map_err(|source| LoadError::Program { name, source })?;
+                self.btf_tp(name)?.attach().map_err(program_error(name))?;
             }
             self.sock_io_attached = true;
         }
         if with_state && !self.sock_state_attached {
             self.btf_tp(programs::SOCK_STATE)?
                 .attach()
-                .map_err(|source| LoadError::Program {
-                    name: programs::SOCK_STATE,
-                    source,
-                })?;
+                .map_err(program_error(programs::SOCK_STATE))?;
             self.sock_state_attached = true;
         }
         Ok(())
@@ -317,15 +305,11 @@ impl Sensor {
         {
             let map = self.map_mut(maps::READ_SYSCALLS)?;
             let mut reads: HashMap<_, u32, u32> =
-                HashMap::try_from(map).map_err(|source| LoadError::Map {
-                    name: maps::READ_SYSCALLS,
-                    source,
-                })?;
+                HashMap::try_from(map).map_err(map_error(maps::READ_SYSCALLS))?;
             for nr in read_nrs {
-                reads.insert(nr, 1, 0).map_err(|source| LoadError::Map {
-                    name: maps::READ_SYSCALLS,
-                    source,
-                })?;
+                reads
+                    .insert(nr, 1, 0)
+                    .map_err(map_error(maps::READ_SYSCALLS))?;
             }
         }
         for (name, tp) in [
@@ -333,8 +317,7 @@ impl Sensor {
             (programs::SYS_EXIT, "sys_exit"),
         ] {
             let prog: &mut RawTracePoint = self.program(name)?;
-            prog.attach(tp)
-                .map_err(|source| LoadError::Program { name, source })?;
+            prog.attach(tp).map_err(program_error(name))?;
         }
         self.syscalls_attached = true;
         Ok(())
@@ -367,10 +350,7 @@ impl Sensor {
     pub fn watch_pid(&mut self, pid: u32, flags: u32) -> Result<(), LoadError> {
         self.watched_pids()?
             .insert(pid, flags, 0)
-            .map_err(|source| LoadError::Map {
-                name: maps::WATCHED_PIDS,
-                source,
-            })
+            .map_err(map_error(maps::WATCHED_PIDS))
     }
 
     pub fn unwatch_pid(&mut self, pid: u32) -> Result<(), LoadError> {
@@ -382,18 +362,12 @@ impl Sensor {
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>, LoadError> {
         let map = self.map(maps::DROPS)?;
         let drops: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::DROPS,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error(maps::DROPS))?;
         let mut out = BTreeMap::new();
         for place in Drop::ALL {
             let values = drops
                 .get(&(place as u32), 0)
-                .map_err(|source| LoadError::Map {
-                    name: maps::DROPS,
-                    source,
-                })?;
+                .map_err(map_error(maps::DROPS))?;
             out.insert(place.name(), values.iter().sum());
         }
         Ok(out)
@@ -403,10 +377,7 @@ impl Sensor {
     pub fn connections(&self) -> Result<Vec<(u64, ConnStats)>, LoadError> {
         let map = self.map(maps::CONNS)?;
         let conns: HashMap<_, u64, ConnStats> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::CONNS,
-                source,
-            })?;
+            HashMap::try_from(map).map_err(map_error(maps::CONNS))?;
         // Entries deleted while we iterate end the walk early in the kernel's view; that
         // only loses entries that are gone anyway.
         Ok(conns.iter().filter_map(Result::ok).collect())
@@ -416,10 +387,7 @@ impl Sensor {
     pub fn remove_connection(&mut self, cookie: u64) -> Result<(), LoadError> {
         let map = self.map_mut(maps::CONNS)?;
         let mut conns: HashMap<_, u64, ConnStats> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::CONNS,
-                source,
-            })?;
+            HashMap::try_from(map).map_err(map_error(maps::CONNS))?;
         let _ = conns.remove(&cookie);
         Ok(())
     }
@@ -428,10 +396,7 @@ impl Sensor {
     pub fn syscall_counts(&self) -> Result<Vec<(SyscallKey, u64)>, LoadError> {
         let map = self.map(maps::SYSCALLS)?;
         let counts: PerCpuHashMap<_, SyscallKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::SYSCALLS,
-                source,
-            })?;
+            PerCpuHashMap::try_from(map).map_err(map_error(maps::SYSCALLS))?;
         Ok(counts
             .iter()
             .filter_map(Result::ok)
@@ -443,10 +408,7 @@ impl Sensor {
     pub fn proc_io(&self) -> Result<Vec<(u32, ProcIo)>, LoadError> {
         let map = self.map(maps::PROC_IO)?;
         let io: PerCpuHashMap<_, u32, ProcIo> =
-            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::PROC_IO,
-                source,
-            })?;
+            PerCpuHashMap::try_from(map).map_err(map_error(maps::PROC_IO))?;
         Ok(io
             .iter()
             .filter_map(Result::ok)
@@ -465,10 +427,7 @@ impl Sensor {
     pub fn forget_process(&mut self, pid: u32) -> Result<(), LoadError> {
         let map = self.map_mut(maps::SYSCALLS)?;
         let mut counts: PerCpuHashMap<_, SyscallKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::SYSCALLS,
-                source,
-            })?;
+            PerCpuHashMap::try_from(map).map_err(map_error(maps::SYSCALLS))?;
         let keys: Vec<SyscallKey> = counts
             .keys()
             .filter_map(Result::ok)
@@ -479,10 +438,7 @@ impl Sensor {
         }
         let map = self.map_mut(maps::PROC_IO)?;
         let mut io: PerCpuHashMap<_, u32, ProcIo> =
-            PerCpuHashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: maps::PROC_IO,
-                source,
-            })?;
+            PerCpuHashMap::try_from(map).map_err(map_error(maps::PROC_IO))?;
         let _ = io.remove(&pid);
         Ok(())
     }
@@ -501,18 +457,12 @@ impl Sensor {
 
     fn watched_pids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, LoadError> {
         let map = self.map_mut(maps::WATCHED_PIDS)?;
-        HashMap::try_from(map).map_err(|source| LoadError::Map {
-            name: maps::WATCHED_PIDS,
-            source,
-        })
+        HashMap::try_from(map).map_err(map_error(maps::WATCHED_PIDS))
     }
 
     fn watched_cgroups(&mut self) -> Result<HashMap<&mut MapData, u64, u32>, LoadError> {
         let map = self.map_mut(maps::WATCHED_CGROUPS)?;
-        HashMap::try_from(map).map_err(|source| LoadError::Map {
-            name: maps::WATCHED_CGROUPS,
-            source,
-        })
+        HashMap::try_from(map).map_err(map_error(maps::WATCHED_CGROUPS))
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -543,8 +493,7 @@ where
         what: "program",
         name,
     })?;
-    prog.try_into()
-        .map_err(|source| LoadError::Program { name, source })
+    prog.try_into().map_err(program_error(name))
 }
 
 /// Formats a program error with its cause chain. A verifier log is cut to its last lines,
