@@ -88,7 +88,10 @@ pub struct ConnStats {
     pub head_window: u32,
     /// Head chunks of this connection lost because the ring buffer was full.
     pub heads_lost: u32,
-    pub _pad: u32,
+    /// 1 once a transfer event was sent for the current response (reset at each head).
+    pub transfer_reported: u32,
+    /// `bytes_out` when the current request's head arrived: the response's start.
+    pub response_base: u64,
 }
 
 /// A connection's addresses. IPv4 addresses are in the first four bytes of the arrays;

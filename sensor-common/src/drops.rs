@@ -27,11 +27,14 @@ pub enum Drop {
     RingbufHead = 8,
     /// A request head was longer than the capture budget (`HEAD_CAPTURE`) and was cut.
     HeadCut = 9,
+    /// The ring buffer was full when a transfer event was due: the transfer is still
+    /// reported when its connection closes, just not while it runs.
+    RingbufTransfer = 10,
 }
 
 impl Drop {
     /// Number of entries in `DROPS`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::RingbufOpen,
         Drop::RingbufClose,
@@ -43,6 +46,7 @@ impl Drop {
         Drop::CloseUntracked,
         Drop::RingbufHead,
         Drop::HeadCut,
+        Drop::RingbufTransfer,
     ];
 
     /// The name used in records and metrics.
@@ -58,6 +62,7 @@ impl Drop {
             Drop::CloseUntracked => "close_untracked",
             Drop::RingbufHead => "ringbuf_full_head",
             Drop::HeadCut => "head_cut",
+            Drop::RingbufTransfer => "ringbuf_full_transfer",
         }
     }
 }

@@ -10,6 +10,41 @@ pub mod kind {
     pub const CONN_CLOSE: u32 = 2;
     /// A chunk of a request head (`HeadEvent`).
     pub const HEAD: u32 = 3;
+    /// A response (or, before any head, a connection) crossed the single-transfer
+    /// threshold while it was being sent (`TransferEvent`).
+    pub const TRANSFER: u32 = 4;
+}
+
+/// Sent once per response when the bytes it has sent so far cross the single-transfer
+/// threshold (`settings::TRANSFER_THRESHOLD`), while the transfer is still running: the
+/// agent does not wait for the end to say so. Sent with `BPF_RB_FORCE_WAKEUP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferEvent {
+    /// `kind::TRANSFER`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+    pub ts_ns: u64,
+    /// Bytes of the current response so far (since its request's head, or since the
+    /// connection's start when no head was seen).
+    pub response_bytes: u64,
+    /// The connection's totals.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// The threshold that was crossed.
+    pub threshold: u64,
+}
+
+impl TransferEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+}
+
+/// Indexes of the `SETTINGS` array, which the agent writes at start and on reload.
+pub mod settings {
+    /// Bytes of one response above which a `TransferEvent` is sent; 0 turns it off.
+    pub const TRANSFER_THRESHOLD: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// How many bytes of a request head are captured at most. Heads that Synapse receives
@@ -91,4 +126,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data, valid for any bytes.
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::HeadEvent {}
+    unsafe impl aya::Pod for super::TransferEvent {}
 }

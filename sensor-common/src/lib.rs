@@ -18,6 +18,8 @@ pub mod maps {
     /// `PerCpuArray<HeadEvent>` of one entry: scratch space to build a head chunk (too big
     /// for the 512-byte BPF stack) before it is copied, cut to its length, to `EVENTS`.
     pub const HEAD_SCRATCH: &str = "HEAD_SCRATCH";
+    /// `Array<u64>` indexed by `event::settings::*`: values the agent sets at run time.
+    pub const SETTINGS: &str = "SETTINGS";
     /// `PerCpuArray<u64>`, indexed by `drops::Drop`: every place that loses data.
     pub const DROPS: &str = "DROPS";
     /// `HashMap<u32 tgid, u32 watch::*>`: processes watched by the tracepoint mechanisms.

@@ -80,6 +80,9 @@ pub fn on_request_data(
             }
             stats.head_captured = 0;
             stats.head_window = 0;
+            // A new request: its response starts now (transfer.rs).
+            stats.response_base = stats.bytes_out;
+            stats.transfer_reported = 0;
             true
         }
         head_state::PARTIAL => false,

@@ -10,6 +10,7 @@ mod skb;
 mod sock;
 mod sockops;
 mod syscalls;
+mod transfer;
 
 /// The verifier rejects any program that could reach a panic, so this is never called.
 #[cfg(not(test))]

@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
     conn::ConnStats,
     drops::Drop,
-    event::HeadEvent,
+    event::{HeadEvent, settings},
     sizes,
     syscall::{ProcIo, SyscallKey},
 };
@@ -18,6 +18,15 @@ pub static CONNS: LruHashMap<u64, ConnStats> = LruHashMap::with_max_entries(size
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(sizes::EVENTS_BYTES, 0);
+
+#[map]
+pub static SETTINGS: Array<u64> = Array::with_max_entries(settings::COUNT, 0);
+
+/// A value of `SETTINGS` (0 when unset).
+#[inline(always)]
+pub fn setting(index: u32) -> u64 {
+    SETTINGS.get(index).copied().unwrap_or(0)
+}
 
 #[map]
 pub static HEAD_SCRATCH: PerCpuArray<HeadEvent> = PerCpuArray::with_max_entries(1, 0);

@@ -22,6 +22,7 @@ use crate::{
     conn::{CtxSocket, close, emit_open_once, get_or_create},
     head,
     maps::{CONNS, count_drop},
+    transfer,
 };
 
 /// Always let the packet through: the sensor observes, it never filters.
@@ -154,7 +155,10 @@ fn try_count(ctx: &SkBuffContext, dir: Direction, heads: Heads) -> Result<(), i6
                 let at = header_len + payload - new.len;
                 head::on_request_data(ctx, cookie, stats_ref, at, new);
             }
-            (Direction::Out, Some(_)) => head::on_response_data(stats_ref),
+            (Direction::Out, Some(_)) => {
+                head::on_response_data(stats_ref);
+                transfer::on_bytes_out(cookie, stats_ref);
+            }
             _ => {}
         }
         // A connection established before the programs were attached has no open event

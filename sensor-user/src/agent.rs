@@ -12,6 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use sensor_common::{
     conn::{ConnStats, flags},
     drops::Drop,
+    event::{TransferEvent, settings},
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -24,10 +25,14 @@ use crate::{
     client_ip::{ClientIpError, TrustedProxies},
     config::Config,
     decode,
+    detect::{Alert, Detector, Health, Observation, Transfer},
     discover::{self, DiscoverError},
     identity::{FingerprintKey, IdentityError},
     load::{LoadError, Sensor},
-    output::{JsonLines, ProcessRecord, Record, SCHEMA_VERSION, SensorRecord, Sink, WatchRecord},
+    output::{
+        JsonLines, ProcessRecord, Record, RequestRecord, SCHEMA_VERSION, SensorRecord, Sink,
+        WatchRecord,
+    },
     plan::{Decision, Group, PlanError},
     requests::{Attribution, Requests},
     syscalls,
@@ -112,6 +117,7 @@ struct Agent {
     conns: Connections,
     requests: Requests,
     attribution: Attribution,
+    detector: Detector,
     clock: KernelClock,
     /// `-c`/`--config-path` of the first watched Synapse process, for its `server_name`.
     synapse_config: Vec<PathBuf>,
@@ -123,6 +129,8 @@ struct Agent {
     last_plan_error: Option<String>,
     /// The kernel's `ringbuf_full_close` count at the last sweep.
     close_drops_swept: u64,
+    /// Watched processes that exited since the last health report.
+    gone: Vec<u32>,
 }
 
 /// Runs the agent until `shutdown` completes or the duration elapses.
@@ -163,6 +171,7 @@ pub async fn run(
             opts.config.accounting.call_counts,
         ),
         requests: Requests::default(),
+        detector: Detector::new(opts.config.detect.clone()),
         attribution,
         clock,
         synapse_config: Vec::new(),
@@ -175,7 +184,17 @@ pub async fn run(
         summary: Summary::default(),
         last_plan_error: None,
         close_drops_swept: 0,
+        gone: Vec::new(),
     };
+    let transfer = &agent.opts.config.detect.single_transfer;
+    let threshold = if agent.opts.config.detect.enabled && transfer.enabled {
+        transfer.threshold_bytes
+    } else {
+        0
+    };
+    agent
+        .sensor
+        .set_setting(settings::TRANSFER_THRESHOLD, threshold)?;
     if agent.opts.config.accounting.syscalls {
         agent.sensor.attach_syscalls(&syscalls::read_family())?;
     }
@@ -224,7 +243,10 @@ pub async fn run(
                 drain_timer.as_mut().reset(tokio::time::Instant::now() + drain_every);
             }
             _ = rescan.tick() => agent.rescan(false)?,
-            _ = sweep.tick() => agent.sweep_closed()?,
+            _ = sweep.tick() => {
+                agent.sweep_closed()?;
+                agent.housekeeping()?;
+            }
         }
         agent.flush()?;
     }
@@ -272,9 +294,10 @@ impl Agent {
                         self.requests
                             .on_chunk(chunk, view, &self.attribution, &self.clock);
                     if let Some(record) = record {
-                        self.write(&Record::Request(record))?;
+                        self.finished_request(record)?;
                     }
                 }
+                Ok(decode::Event::Transfer(ev)) => self.transfer(&ev)?,
                 Err(e) => {
                     self.summary.decode_errors += 1;
                     tracing::warn!("{e}");
@@ -296,9 +319,63 @@ impl Agent {
             &self.clock,
         );
         match record {
-            Some(record) => self.write(&Record::Request(record)),
+            Some(record) => self.finished_request(record),
             None => Ok(()),
         }
+    }
+
+    /// A request's exchange is over: its record, then what the rules make of it.
+    fn finished_request(&mut self, record: RequestRecord) -> Result<(), AgentError> {
+        let alerts = self
+            .detector
+            .observe_request(now_ms(), &Observation::from(&record));
+        self.write(&Record::Request(record))?;
+        self.alerts(alerts)
+    }
+
+    /// The kernel says a response crossed the single-transfer threshold while it runs.
+    fn transfer(&mut self, ev: &TransferEvent) -> Result<(), AgentError> {
+        let view = self.conns.view(ev.cookie);
+        let request = self.requests.in_progress(ev.cookie);
+        let t = Transfer {
+            cookie: ev.cookie,
+            pid: view.pid,
+            local: view.local.map(|a| a.to_string()),
+            peer: view.peer.map(|a| a.to_string()),
+            bytes_out: ev.response_bytes,
+            endpoint: request.as_ref().map(|r| r.endpoint),
+            client_ip: request.as_ref().and_then(|r| r.client_ip.clone()),
+            token: request.as_ref().and_then(|r| r.token),
+            user: request.and_then(|r| r.user),
+        };
+        let alerts = self.detector.observe_transfer(now_ms(), &t);
+        self.alerts(alerts)
+    }
+
+    /// Writes alert records (flushed at once: an alert must not wait in a buffer).
+    fn alerts(&mut self, alerts: Vec<Alert>) -> Result<(), AgentError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        for a in alerts {
+            tracing::warn!(rule = a.rule, "{}", a.summary);
+            self.write(&Record::Alert(a.to_record(now)))?;
+        }
+        self.flush()
+    }
+
+    /// Once a second: window expiry and the sensor's own health.
+    fn housekeeping(&mut self) -> Result<(), AgentError> {
+        let now = now_ms();
+        self.detector.expire(now);
+        let health = Health {
+            drops: self.drop_totals()?,
+            detached: Vec::new(),
+            gone: std::mem::take(&mut self.gone),
+        };
+        let alerts = self.detector.observe_health(now, &health);
+        self.alerts(alerts)
     }
 
     /// Reports connections whose close event could not be sent (ring buffer full). Walking
@@ -353,6 +430,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Every drop counter, kernel and agent, by place.
+    fn drop_totals(&self) -> Result<BTreeMap<String, u64>, AgentError> {
+        let mut drops: BTreeMap<String, u64> = self
+            .sensor
+            .drops()?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        drops.insert("decode_error".into(), self.summary.decode_errors);
+        drops.insert("owner_unresolved".into(), self.conns.unresolved);
+        drops.insert("conn_evicted".into(), self.conns.evicted);
+        Ok(drops)
+    }
+
     fn sensor_record(&mut self, phase: &str) -> Result<(), AgentError> {
         let features = self.sensor.features().clone();
         let mut unavailable = BTreeMap::new();
@@ -366,15 +457,7 @@ impl Agent {
                 unavailable.insert(name.to_string(), e.clone());
             }
         }
-        let mut drops: BTreeMap<String, u64> = self
-            .sensor
-            .drops()?
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        drops.insert("decode_error".into(), self.summary.decode_errors);
-        drops.insert("owner_unresolved".into(), self.conns.unresolved);
-        drops.insert("conn_evicted".into(), self.conns.evicted);
+        let drops = self.drop_totals()?;
         let record = SensorRecord {
             ts: now_rfc3339(),
             schema: SCHEMA_VERSION,
@@ -431,6 +514,13 @@ impl Agent {
         }
         self.sensor_record("stop")
     }
+}
+
+/// Wall-clock milliseconds since the epoch, the detector's time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn kernel_release() -> String {

@@ -15,6 +15,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid configuration in {path}: {source}")]
+    Detect {
+        path: PathBuf,
+        #[source]
+        source: crate::detect::DetectConfigError,
+    },
     /// toml's message names the line and column and what was expected.
     #[error("invalid configuration in {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -33,6 +39,7 @@ pub struct Config {
     pub discovery: Discovery,
     pub accounting: Accounting,
     pub attribution: Attribution,
+    pub detect: crate::detect::DetectConfig,
     pub kernel: Kernel,
     pub output: Output,
 }
@@ -201,6 +208,12 @@ impl Config {
                 why: e.to_string(),
             });
         }
+        self.detect
+            .validate()
+            .map_err(|source| ConfigError::Detect {
+                path: path.to_owned(),
+                source,
+            })?;
         if self.output.events.is_empty() {
             return Err(bad(
                 "output.events",

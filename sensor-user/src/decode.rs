@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use sensor_common::{
     conn::{ConnStats, Tuple, flags, source},
-    event::{ConnEvent, HEAD_CAPTURE, HeadEvent, head_flags, kind},
+    event::{ConnEvent, HEAD_CAPTURE, HeadEvent, TransferEvent, head_flags, kind},
     kernel::{AF_INET, AF_INET6},
 };
 
@@ -28,6 +28,7 @@ pub enum DecodeError {
 pub enum Event {
     Conn(ConnEventView),
     Head(HeadChunk),
+    Transfer(TransferEvent),
 }
 
 /// Decodes one ring buffer record, whatever its kind.
@@ -43,8 +44,21 @@ pub fn event(bytes: &[u8]) -> Result<Event, DecodeError> {
     };
     match kind {
         kind::HEAD => head_chunk(bytes).map(Event::Head),
+        kind::TRANSFER => transfer(bytes).map(Event::Transfer),
         _ => conn_event(bytes).map(Event::Conn),
     }
+}
+
+/// Decodes a transfer-threshold event.
+pub fn transfer(bytes: &[u8]) -> Result<TransferEvent, DecodeError> {
+    if bytes.len() != TransferEvent::SIZE {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected: TransferEvent::SIZE,
+        });
+    }
+    // SAFETY: the length was checked; plain data valid for any bytes, read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// A chunk of a request head. Its bytes may hold an access token: no Debug of them.
@@ -297,6 +311,26 @@ mod tests {
             Err(DecodeError::HeadLength { .. })
         ));
         assert!(event(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn decodes_a_transfer_event() {
+        let ev = TransferEvent {
+            kind: kind::TRANSFER,
+            cookie: 3,
+            response_bytes: 600 << 20,
+            threshold: 512 << 20,
+            ..TransferEvent::default()
+        };
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const TransferEvent).cast::<u8>(),
+                TransferEvent::SIZE,
+            )
+        };
+        assert_eq!(event(raw), Ok(Event::Transfer(ev)));
+        assert!(transfer(&raw[..8]).is_err());
     }
 
     #[test]

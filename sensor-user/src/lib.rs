@@ -3,7 +3,7 @@
 //! `load` (programs, maps, attach) → `decode` (ring buffer bytes to typed events) →
 //! `attribute` (connections to processes) and `requests` (request heads to endpoints,
 //! client addresses, tokens and users, with `http`, `endpoint`, `client_ip`, `identity`)
-//! → `output` (JSON lines).
+//! → `detect` (rules over windows, alerts) → `output` (JSON lines).
 //! `agent` runs them; the binary in `bin/` only parses the command line.
 
 pub mod agent;
@@ -11,11 +11,13 @@ pub mod attribute;
 pub mod client_ip;
 pub mod config;
 pub mod decode;
+pub mod detect;
 pub mod discover;
 pub mod endpoint;
 pub mod http;
 pub mod identity;
 pub mod load;
+pub mod metrics;
 pub mod output;
 pub mod plan;
 pub mod requests;

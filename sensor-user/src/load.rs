@@ -346,6 +346,16 @@ impl Sensor {
         v
     }
 
+    /// Sets one of the kernel's run-time settings (`event::settings::*`).
+    pub fn set_setting(&mut self, index: u32, value: u64) -> Result<(), LoadError> {
+        let map = self.map_mut(maps::SETTINGS)?;
+        let mut settings: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(map).map_err(map_error(maps::SETTINGS))?;
+        settings
+            .set(index, value, 0)
+            .map_err(map_error(maps::SETTINGS))
+    }
+
     /// Watches a process with the tracepoint mechanisms.
     pub fn watch_pid(&mut self, pid: u32, flags: u32) -> Result<(), LoadError> {
         self.watched_pids()?

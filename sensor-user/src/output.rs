@@ -25,6 +25,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum Record {
     Connection(ConnectionRecord),
     Request(RequestRecord),
+    Alert(crate::detect::AlertRecord),
     Process(ProcessRecord),
     Sensor(SensorRecord),
 }

@@ -41,6 +41,19 @@ pub struct ConnView {
     pub peer: Option<SocketAddr>,
 }
 
+/// The request in progress on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InProgress {
+    /// When its head arrived (kernel monotonic ns).
+    pub since_ns: u64,
+    pub client_ip: Option<String>,
+    pub token: Option<Fingerprint>,
+    pub user: Option<String>,
+    pub endpoint: &'static str,
+    /// Redacted.
+    pub path: String,
+}
+
 /// What a parsed head leaves behind.
 #[derive(Clone, Debug)]
 struct Parsed {
@@ -147,6 +160,23 @@ impl Requests {
     ) -> Option<RequestRecord> {
         let p = self.pending.remove(&cookie)?;
         Some(self.finish(p, cookie, final_counts, conn, attribution, clock))
+    }
+
+    /// Who is behind the request in progress on a connection, if its head was parsed: for
+    /// events about the transfer that is running (the single-transfer threshold).
+    pub fn in_progress(&self, cookie: u64) -> Option<InProgress> {
+        let p = self.pending.get(&cookie)?;
+        let Some(Ok(parsed)) = &p.outcome else {
+            return None;
+        };
+        Some(InProgress {
+            since_ns: p.ts_ns,
+            client_ip: parsed.client.map(|c| c.ip.to_string()),
+            token: parsed.token.map(|(f, _)| f),
+            user: parsed.user.clone(),
+            endpoint: parsed.endpoint.name,
+            path: parsed.path.clone(),
+        })
     }
 
     /// Requests still pending (for the agent's stop).

@@ -206,6 +206,7 @@ impl Agent {
         all_pids.sort_unstable();
         self.conns.set_watched_pids(all_pids);
         self.watched = next;
+        self.gone.extend(&exited);
         if self.opts.config.accounting.syscalls && !exited.is_empty() {
             self.process_records(&exited, true)?;
             for pid in &exited {

@@ -1,0 +1,167 @@
+//! Privileged tests of detection: the single-transfer alert arrives while the download is
+//! still running, and ordinary use raises no alert.
+
+use std::{
+    io::Read,
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use homeserver_sensor::config::Config;
+use homeserver_sensor_tests::{Agent, Cgroup, Client, Server, require_root, settle, synapse_token};
+use serde_json::Value;
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.attribution.trusted_proxies = vec!["127.0.0.1/32".into()];
+    c.attribution.server_name = Some("test.example".into());
+    c
+}
+
+fn alerts(records: &[Value]) -> Vec<&Value> {
+    records.iter().filter(|r| r["kind"] == "alert").collect()
+}
+
+fn rfc3339_to_system(ts: &str) -> SystemTime {
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("bad timestamp {ts}: {e}"));
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(t.unix_timestamp_nanos() as u64)
+}
+
+#[test]
+fn single_transfer_alert_arrives_while_the_download_runs() {
+    require_root();
+    let cgroup = Cgroup::new("transfer");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let mut c = config();
+    c.detect.single_transfer.threshold_bytes = 8 << 20;
+    let agent = Agent::for_cgroup(&cgroup, c);
+    let token = synapse_token("mallory", "MalloryMalloryMallor");
+    let mut client = Client::connect_from("127.0.0.13".parse::<IpAddr>().unwrap(), server.addrs[0]);
+    // 64 MB, read slowly: the transfer lasts several seconds.
+    let size: u64 = 64 << 20;
+    client.send(
+        format!(
+            "GET /_matrix/media/v3/download/test.example/big?bytes={size} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut alert_seen_at = None;
+    let mut crossed_at = None;
+    while got < size {
+        let n = client.stream.read(&mut buf).expect("read");
+        assert!(n > 0, "server closed early");
+        got += n as u64;
+        if crossed_at.is_none() && got > 8 << 20 {
+            crossed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_micros(300));
+        if alert_seen_at.is_none()
+            && agent
+                .records()
+                .iter()
+                .any(|r| r["kind"] == "alert" && r["rule"] == "single_transfer")
+        {
+            alert_seen_at = Some((Instant::now(), got));
+        }
+    }
+    let finished = SystemTime::now();
+    let (seen, bytes_when_seen) =
+        alert_seen_at.expect("no single_transfer alert during the download");
+    assert!(bytes_when_seen < size, "alert seen only at the end");
+    // The client sees the crossing after the server sent it (socket buffers), so this is an
+    // upper bound on the sensor's latency, printed for the record.
+    let latency = seen.saturating_duration_since(crossed_at.expect("crossed"));
+    eprintln!(
+        "single_transfer: alert read by the client {latency:?} after it received the 8 MiB threshold, with {bytes_when_seen} of {size} bytes received"
+    );
+    settle();
+    let records = agent.stop();
+    let a = alerts(&records)
+        .into_iter()
+        .find(|a| a["rule"] == "single_transfer")
+        .unwrap()
+        .clone();
+    assert!(
+        rfc3339_to_system(a["ts"].as_str().unwrap()) < finished,
+        "{a}"
+    );
+    assert_eq!(a["subject"]["user"], "@mallory:test.example", "{a}");
+    assert_eq!(a["subject"]["client_ip"], "127.0.0.13", "{a}");
+    assert!(
+        a["subject"]["token"].as_str().unwrap().starts_with("tfp_"),
+        "{a}"
+    );
+    assert_eq!(a["threshold"], 8u64 << 20, "{a}");
+    assert!(a["observed"].as_u64().unwrap() > 8 << 20, "{a}");
+}
+
+#[test]
+fn ordinary_use_raises_no_alert() {
+    require_root();
+    let cgroup = Cgroup::new("benign");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let agent = Agent::for_cgroup(&cgroup, config());
+    let users = [
+        ("alice", "127.0.0.21"),
+        ("bob", "127.0.0.22"),
+        ("carol", "127.0.0.23"),
+    ];
+    // For about 20 s each user long-polls /sync, sends messages, reads a few rooms' history
+    // and fetches a few media files, as a chat client does.
+    let start = Instant::now();
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        for (name, ip) in users {
+            let token = synapse_token(name, "BenignBenignBenignBe");
+            let mut c = Client::connect_from(ip.parse().unwrap(), server.addrs[0]);
+            let get = |c: &mut Client, target: &str| {
+                c.send(
+                    format!("GET {target} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n")
+                        .as_bytes(),
+                );
+                c.read_response();
+            };
+            get(
+                &mut c,
+                &format!("/_matrix/client/v3/sync?since=s{round}_1&timeout=30000&bytes=2000"),
+            );
+            get(
+                &mut c,
+                &format!(
+                    "/_matrix/client/v3/rooms/%21r{}%3Atest.example/send/m.room.message/t{round}?bytes=60",
+                    round % 3
+                ),
+            );
+            if round % 5 == 0 {
+                get(
+                    &mut c,
+                    &format!(
+                        "/_matrix/client/v3/rooms/%21r{}%3Atest.example/messages?dir=b&limit=30&bytes=20000",
+                        round % 4
+                    ),
+                );
+                get(
+                    &mut c,
+                    &format!(
+                        "/_matrix/client/v1/media/download/test.example/m{}?bytes=300000",
+                        round % 6
+                    ),
+                );
+            }
+            c.finish_reading();
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    settle();
+    let records = agent.stop();
+    let requests = records.iter().filter(|r| r["kind"] == "request").count();
+    assert!(
+        requests > 150,
+        "too little traffic to matter: {requests} requests"
+    );
+    assert!(alerts(&records).is_empty(), "{:#?}", alerts(&records));
+}
