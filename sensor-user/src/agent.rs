@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,9 +30,10 @@ use crate::{
     discover::{self, DiscoverError},
     identity::{FingerprintKey, IdentityError},
     load::{LoadError, Sensor},
+    metrics::Metrics,
     output::{
-        JsonLines, ProcessRecord, Record, RequestRecord, SCHEMA_VERSION, SensorRecord, Sink,
-        WatchRecord,
+        ConnectionRecord, JsonLines, ProcessRecord, Record, RequestRecord, SCHEMA_VERSION,
+        SensorRecord, Sink, WatchRecord,
     },
     plan::{Decision, Group, PlanError},
     requests::{Attribution, Requests},
@@ -88,6 +90,8 @@ pub enum AgentError {
     Poll(#[source] std::io::Error),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("the endpoint table is inconsistent (a bug, please report it): {0}")]
     EndpointTable(String),
     #[error("attribution.trusted_proxies: {0}")]
@@ -118,6 +122,9 @@ struct Agent {
     requests: Requests,
     attribution: Attribution,
     detector: Detector,
+    metrics: Arc<Metrics>,
+    /// Where metrics are served.
+    metrics_addr: Option<std::net::SocketAddr>,
     clock: KernelClock,
     /// `-c`/`--config-path` of the first watched Synapse process, for its `server_name`.
     synapse_config: Vec<PathBuf>,
@@ -164,6 +171,28 @@ pub async fn run(
         key: FingerprintKey::load_or_create(&opts.config.attribution.key_file)?,
         server_name: opts.config.attribution.server_name.clone(),
     };
+    let metrics = Arc::new(Metrics::new());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (metrics_addr, metrics_task) = if opts.config.metrics.enabled {
+        let addr = opts
+            .config
+            .metrics
+            .listen
+            .parse()
+            .expect("validated with the configuration");
+        let listener = crate::metrics::bind(addr).await?;
+        let bound = listener.local_addr().ok();
+        let task = tokio::spawn(crate::metrics::serve_listener(
+            listener,
+            metrics.clone(),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ));
+        (bound, Some(task))
+    } else {
+        (None, None)
+    };
     let mut agent = Agent {
         conns: Connections::new(
             opts.proc_root.clone(),
@@ -172,6 +201,8 @@ pub async fn run(
         ),
         requests: Requests::default(),
         detector: Detector::new(opts.config.detect.clone()),
+        metrics: metrics.clone(),
+        metrics_addr,
         attribution,
         clock,
         synapse_config: Vec::new(),
@@ -252,6 +283,10 @@ pub async fn run(
     }
     agent.stop(events.get_mut())?;
     agent.flush()?;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     Ok(agent.summary)
 }
 
@@ -284,7 +319,7 @@ impl Agent {
                     }
                     if let Some(record) = self.conns.on_event(&ev) {
                         self.summary.connections_reported += 1;
-                        self.write(&Record::Connection(record))?;
+                        self.connection_record(record)?;
                     }
                 }
                 Ok(decode::Event::Head(chunk)) => {
@@ -324,8 +359,26 @@ impl Agent {
         }
     }
 
+    /// A connection record, counted in the metrics when the connection is over.
+    fn connection_record(&mut self, record: ConnectionRecord) -> Result<(), AgentError> {
+        if record.closed {
+            let mechanism = match record.mechanism {
+                decode::Mechanism::Cgroup => "cgroup",
+                decode::Mechanism::Tracepoint => "tracepoint",
+            };
+            self.metrics
+                .connection_closed(mechanism, record.bytes_in, record.bytes_out);
+        }
+        self.write(&Record::Connection(record))
+    }
+
     /// A request's exchange is over: its record, then what the rules make of it.
     fn finished_request(&mut self, record: RequestRecord) -> Result<(), AgentError> {
+        self.metrics.request(
+            record.class.map_or("unparsed", |c| c.as_str()),
+            record.bytes_in,
+            record.bytes_out,
+        );
         let alerts = self
             .detector
             .observe_request(now_ms(), &Observation::from(&record));
@@ -360,6 +413,7 @@ impl Agent {
         let now = now_ms();
         for a in alerts {
             tracing::warn!(rule = a.rule, "{}", a.summary);
+            self.metrics.alert(a.rule);
             self.write(&Record::Alert(a.to_record(now)))?;
         }
         self.flush()
@@ -374,6 +428,23 @@ impl Agent {
             detached: Vec::new(),
             gone: std::mem::take(&mut self.gone),
         };
+        let drops: Vec<(String, u64)> = health.drops.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        self.metrics.set_drops(&drops);
+        let heads: Vec<(String, u64)> = self
+            .requests
+            .outcomes
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        self.metrics.set_head_outcomes(&heads);
+        self.metrics
+            .set_tracked_connections(self.conns.open_count() as u64);
+        self.metrics.set_watched_processes(
+            self.watched
+                .values()
+                .map(|w| w.group.pids.len() as u64)
+                .sum(),
+        );
         let alerts = self.detector.observe_health(now, &health);
         self.alerts(alerts)
     }
@@ -398,7 +469,7 @@ impl Agent {
                 let record = self.conns.from_map(cookie, &stats, now);
                 self.sensor.remove_connection(cookie)?;
                 self.summary.connections_reported += 1;
-                self.write(&Record::Connection(record))?;
+                self.connection_record(record)?;
             }
         }
         Ok(())
@@ -482,6 +553,7 @@ impl Agent {
                 .collect(),
             unavailable,
             drops,
+            metrics: self.metrics_addr.map(|a| a.to_string()),
             heads: self
                 .requests
                 .outcomes
@@ -502,7 +574,7 @@ impl Agent {
             self.finish_request(cookie, &stats)?;
             let record = self.conns.from_map(cookie, &stats, now);
             self.summary.connections_reported += 1;
-            self.write(&Record::Connection(record))?;
+            self.connection_record(record)?;
         }
         if self.opts.config.accounting.syscalls {
             let pids: Vec<u32> = self

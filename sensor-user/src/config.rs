@@ -40,6 +40,7 @@ pub struct Config {
     pub accounting: Accounting,
     pub attribution: Attribution,
     pub detect: crate::detect::DetectConfig,
+    pub metrics: Metrics,
     pub kernel: Kernel,
     pub output: Output,
 }
@@ -91,6 +92,25 @@ impl Default for Attribution {
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             server_name: None,
             key_file: PathBuf::from(DEFAULT_KEY_FILE),
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// Address of `GET /metrics`; loopback by default (port 0 picks a free port, which the
+    /// `sensor` start record names).
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: crate::metrics::DEFAULT_LISTEN.to_string(),
         }
     }
 }
@@ -214,6 +234,13 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
+        if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "metrics.listen",
+                self.metrics.listen.clone(),
+                "must be an address and port, such as 127.0.0.1:9465 or [::1]:9465",
+            ));
+        }
         if self.output.events.is_empty() {
             return Err(bad(
                 "output.events",
@@ -314,6 +341,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("between 50 and 60000"), "{err}");
+        let err = parse("[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
         let err = parse("[output]\nevents = \"\"\n").unwrap_err().to_string();
         assert!(err.contains("output.events"), "{err}");
         let err = parse("[attribution]\ntrusted_proxies = [\"10.0.0.0/33\"]\n")

@@ -151,6 +151,8 @@ pub struct SensorRecord {
     pub drops: BTreeMap<String, u64>,
     /// Request heads by outcome: `parsed`, or why not.
     pub heads: BTreeMap<String, u64>,
+    /// Where Prometheus metrics are served (`GET /metrics`), if they are.
+    pub metrics: Option<String>,
 }
 
 /// Output buffer size: a drain of a busy ring buffer writes many records at once.

@@ -30,6 +30,10 @@ impl Agent {
         let dir = TempDir::new("agent");
         let events = dir.path.join("events.jsonl");
         let mut config = config;
+        if config.metrics.listen == homeserver_sensor::metrics::DEFAULT_LISTEN {
+            // Any free port: the start record names it.
+            config.metrics.listen = "127.0.0.1:0".into();
+        }
         if config.attribution.key_file == Path::new(DEFAULT_KEY_FILE) {
             // Tests never touch the installation's key.
             config.attribution.key_file = dir.path.join("fingerprint.key");
@@ -157,6 +161,7 @@ pub fn agent_start_error(targets: Targets) -> String {
     let dir = TempDir::new("err");
     let mut config = Config::default();
     config.attribution.key_file = dir.path.join("fingerprint.key");
+    config.metrics.listen = "127.0.0.1:0".into();
     let opts = RunOptions {
         config,
         targets,

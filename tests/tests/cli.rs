@@ -26,7 +26,7 @@ fn run_in(dir: &TempDir) -> Command {
     std::fs::write(
         &config,
         format!(
-            "[attribution]\nkey_file = {:?}\n",
+            "[attribution]\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             key.display().to_string()
         ),
     )

@@ -310,7 +310,7 @@ fn raw_tokens_never_leave_the_agent() {
     std::fs::write(
         &config,
         format!(
-            "[attribution]\ntrusted_proxies = [\"127.0.0.1/32\"]\nserver_name = \"test.example\"\nkey_file = {:?}\n",
+            "[attribution]\ntrusted_proxies = [\"127.0.0.1/32\"]\nserver_name = \"test.example\"\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
             dir.path.join("state/fingerprint.key").display().to_string()
         ),
     )
@@ -413,4 +413,63 @@ fn request_heads_can_be_turned_off() {
         start["attached"][0],
         "cgroup_skb/ingress (without request heads)"
     );
+}
+
+/// The agent serves Prometheus metrics on the address its start record names, with the
+/// requests it attributed, by endpoint class.
+#[test]
+fn metrics_are_served() {
+    use std::io::{Read, Write};
+    require_root();
+    let cgroup = Cgroup::new("metrics");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let mut agent = Agent::for_cgroup(&cgroup, config());
+    let mut c = Client::connect_from(ip("127.0.0.14"), server.addrs[0]);
+    c.request("GET", "/_matrix/client/v3/sync?bytes=1000", b"", false);
+    c.request(
+        "GET",
+        "/_matrix/media/v3/download/a/b?bytes=2000",
+        b"",
+        true,
+    );
+    c.finish_reading();
+    let records = agent.wait_for(Duration::from_secs(10), |r| {
+        r.iter().filter(|r| r["kind"] == "request").count() == 2
+    });
+    // Housekeeping (gauges, drops) runs every second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let addr = records
+        .iter()
+        .find(|r| r["phase"] == "start")
+        .and_then(|r| r["metrics"].as_str())
+        .expect("the start record names the metrics address")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    assert_eq!(
+        value("homeserver_sensor_requests_total{class=\"sync\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("homeserver_sensor_requests_total{class=\"media_download\"}"),
+        1.0
+    );
+    assert_eq!(value("homeserver_sensor_watched_processes"), 1.0);
+    // Nothing identifying goes into labels.
+    assert!(
+        !text.contains("127.0.0.14") && !text.contains("tfp_"),
+        "{text}"
+    );
+    drop(agent);
 }
