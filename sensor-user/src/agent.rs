@@ -275,8 +275,10 @@ pub async fn run(
             }
             _ = rescan.tick() => agent.rescan(false)?,
             _ = sweep.tick() => {
-                agent.sweep_closed()?;
-                agent.housekeeping()?;
+                // One read of the drop counters serves both.
+                let drops = agent.drop_totals()?;
+                agent.sweep_closed(&drops)?;
+                agent.housekeeping(drops)?;
             }
         }
         agent.flush()?;
@@ -420,11 +422,11 @@ impl Agent {
     }
 
     /// Once a second: window expiry and the sensor's own health.
-    fn housekeeping(&mut self) -> Result<(), AgentError> {
+    fn housekeeping(&mut self, drops: BTreeMap<String, u64>) -> Result<(), AgentError> {
         let now = now_ms();
         self.detector.expire(now);
         let health = Health {
-            drops: self.drop_totals()?,
+            drops,
             detached: Vec::new(),
             gone: std::mem::take(&mut self.gone),
         };
@@ -451,13 +453,8 @@ impl Agent {
 
     /// Reports connections whose close event could not be sent (ring buffer full). Walking
     /// the map costs a syscall per entry, so it is done only after such a drop.
-    fn sweep_closed(&mut self) -> Result<(), AgentError> {
-        let close_drops = self
-            .sensor
-            .drops()?
-            .get(Drop::RingbufClose.name())
-            .copied()
-            .unwrap_or(0);
+    fn sweep_closed(&mut self, drops: &BTreeMap<String, u64>) -> Result<(), AgentError> {
+        let close_drops = drops.get(Drop::RingbufClose.name()).copied().unwrap_or(0);
         if close_drops == self.close_drops_swept {
             return Ok(());
         }

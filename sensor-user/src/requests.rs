@@ -179,11 +179,6 @@ impl Requests {
         })
     }
 
-    /// Requests still pending (for the agent's stop).
-    pub fn pending_cookies(&self) -> Vec<u64> {
-        self.pending.keys().copied().collect()
-    }
-
     fn finish(
         &mut self,
         mut p: Pending,
