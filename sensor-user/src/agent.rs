@@ -17,8 +17,10 @@ use sensor_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
+mod reload;
 mod targets;
 
+pub use reload::{Outcome as ReloadOutcome, merge as merge_reload};
 use targets::check_targets;
 
 use crate::{
@@ -32,8 +34,9 @@ use crate::{
     load::{LoadError, Sensor},
     metrics::Metrics,
     output::{
-        ConnectionRecord, JsonLines, ProcessRecord, Record, RequestRecord, SCHEMA_VERSION,
-        SensorRecord, Sink, WatchRecord,
+        ConnectionRecord, JsonLines, ProcessRecord, Record, ReloadRecord, RequestRecord,
+        SCHEMA_VERSION, SensorRecord, Sink, WatchRecord,
+        webhook::{self, Webhook},
     },
     plan::{Decision, Group, PlanError},
     requests::{Attribution, Requests},
@@ -96,7 +99,14 @@ pub enum AgentError {
     EndpointTable(String),
     #[error("attribution.trusted_proxies: {0}")]
     TrustedProxies(#[from] ClientIpError),
+    #[error("cannot start the webhook sender thread: {0}")]
+    Webhook(#[source] std::io::Error),
 }
+
+/// Configurations to apply while running, in order (the binary sends one per SIGHUP), or
+/// why the file could not be read (the running configuration stays; the `reload` record
+/// says why).
+pub type Reloads = tokio::sync::mpsc::UnboundedReceiver<Result<Config, String>>;
 
 /// What a run did, for callers and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,12 +148,25 @@ struct Agent {
     close_drops_swept: u64,
     /// Watched processes that exited since the last health report.
     gone: Vec<u32>,
+    webhook: Option<Webhook>,
+    /// Alerts sent and lost by every webhook of this run.
+    webhook_counters: Arc<webhook::Counters>,
 }
 
 /// Runs the agent until `shutdown` completes or the duration elapses.
 pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
+) -> Result<Summary, AgentError> {
+    run_reloadable(opts, shutdown, None).await
+}
+
+/// [`run`], applying each configuration received on `reloads` (see `agent/reload.rs` for
+/// what changes live), and writing a `sensor` record with `phase: "reload"` for each.
+pub async fn run_reloadable(
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: Option<Reloads>,
 ) -> Result<Summary, AgentError> {
     let mut sensor = Sensor::load(&opts.config)?;
     let events = sensor.take_events()?;
@@ -216,16 +239,11 @@ pub async fn run(
         last_plan_error: None,
         close_drops_swept: 0,
         gone: Vec::new(),
+        webhook: None,
+        webhook_counters: Arc::default(),
     };
-    let transfer = &agent.opts.config.detect.single_transfer;
-    let threshold = if agent.opts.config.detect.enabled && transfer.enabled {
-        transfer.threshold_bytes
-    } else {
-        0
-    };
-    agent
-        .sensor
-        .set_setting(settings::TRANSFER_THRESHOLD, threshold)?;
+    agent.start_webhook()?;
+    agent.set_transfer_threshold()?;
     if agent.opts.config.accounting.syscalls {
         agent.sensor.attach_syscalls(&syscalls::read_family())?;
     }
@@ -274,6 +292,18 @@ pub async fn run(
                 drain_timer.as_mut().reset(tokio::time::Instant::now() + drain_every);
             }
             _ = rescan.tick() => agent.rescan(false)?,
+            Some(reload) = next_reload(&mut reloads) => {
+                let before = agent.opts.config.discovery.rescan_ms;
+                match reload {
+                    Ok(config) => agent.reload(config)?,
+                    Err(why) => agent.reload_rejected(why)?,
+                }
+                if agent.opts.config.discovery.rescan_ms != before {
+                    let every = Duration::from_millis(agent.opts.config.discovery.rescan_ms);
+                    rescan = tokio::time::interval(every);
+                    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+            }
             _ = sweep.tick() => {
                 // One read of the drop counters serves both.
                 let drops = agent.drop_totals()?;
@@ -292,7 +322,105 @@ pub async fn run(
     Ok(agent.summary)
 }
 
+/// The next configuration to apply; never, without a reload channel (or once it closed).
+async fn next_reload(reloads: &mut Option<Reloads>) -> Option<Result<Config, String>> {
+    match reloads {
+        Some(rx) => match rx.recv().await {
+            Some(config) => Some(config),
+            None => {
+                *reloads = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 impl Agent {
+    /// The kernel reports responses crossing `single_transfer.threshold_bytes` (0: none).
+    fn set_transfer_threshold(&mut self) -> Result<(), AgentError> {
+        let detect = &self.opts.config.detect;
+        let threshold = if detect.enabled && detect.single_transfer.enabled {
+            detect.single_transfer.threshold_bytes
+        } else {
+            0
+        };
+        self.sensor
+            .set_setting(settings::TRANSFER_THRESHOLD, threshold)?;
+        Ok(())
+    }
+
+    /// Starts the webhook of the configuration, if it has one; the previous one (reload)
+    /// finishes its queue in the background.
+    fn start_webhook(&mut self) -> Result<(), AgentError> {
+        self.webhook = match &self.opts.config.output.webhook {
+            Some(config) => Some(
+                Webhook::start(config, self.webhook_counters.clone())
+                    .map_err(AgentError::Webhook)?,
+            ),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Applies what can change live of `new` and reports the rest as needing a restart.
+    fn reload(&mut self, new: Config) -> Result<(), AgentError> {
+        let (merged, outcome) = merge_reload(&self.opts.config, &new);
+        let old = std::mem::replace(&mut self.opts.config, merged);
+        if self.opts.config.detect != old.detect {
+            self.detector.reload(self.opts.config.detect.clone());
+            self.set_transfer_threshold()?;
+        }
+        let config = &self.opts.config;
+        if config.attribution.trusted_proxies != old.attribution.trusted_proxies {
+            self.attribution.trusted =
+                TrustedProxies::try_from(config.attribution.trusted_proxies.as_slice())?;
+        }
+        if config.attribution.server_name.is_some() {
+            self.attribution.server_name = config.attribution.server_name.clone();
+        }
+        if config.output.webhook != old.output.webhook {
+            self.start_webhook()?;
+        }
+        if outcome.needs_restart.is_empty() {
+            tracing::info!("configuration reloaded: changed {:?}", outcome.applied);
+        } else {
+            tracing::warn!(
+                "configuration reloaded: changed {:?}; {:?} changed too but take effect only \
+                 after a restart",
+                outcome.applied,
+                outcome.needs_restart
+            );
+        }
+        self.reload_record(outcome)
+    }
+
+    /// The new configuration could not be read: everything stays as it runs.
+    fn reload_rejected(&mut self, why: String) -> Result<(), AgentError> {
+        tracing::error!("configuration not reloaded, the running one stays: {why}");
+        let mut record = self.sensor_state("reload")?;
+        record.reload = Some(ReloadRecord {
+            applied: Vec::new(),
+            needs_restart: Vec::new(),
+            rejected: Some(why),
+        });
+        self.write(&Record::Sensor(record))
+    }
+
+    fn reload_record(&mut self, outcome: ReloadOutcome) -> Result<(), AgentError> {
+        let mut record = self.sensor_state("reload")?;
+        record.reload = Some(ReloadRecord {
+            applied: outcome.applied.iter().map(|k| k.to_string()).collect(),
+            needs_restart: outcome
+                .needs_restart
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            rejected: None,
+        });
+        self.write(&Record::Sensor(record))
+    }
+
     fn write(&mut self, record: &Record) -> Result<(), AgentError> {
         self.out.write(record).map_err(|source| AgentError::Output {
             sink: self.opts.events.clone(),
@@ -416,7 +544,11 @@ impl Agent {
         for a in alerts {
             tracing::warn!(rule = a.rule, "{}", a.summary);
             self.metrics.alert(a.rule);
-            self.write(&Record::Alert(a.to_record(now)))?;
+            let record = a.to_record(now);
+            if let Some(hook) = &self.webhook {
+                hook.send(&record);
+            }
+            self.write(&Record::Alert(record))?;
         }
         self.flush()
     }
@@ -509,10 +641,24 @@ impl Agent {
         drops.insert("decode_error".into(), self.summary.decode_errors);
         drops.insert("owner_unresolved".into(), self.conns.unresolved);
         drops.insert("conn_evicted".into(), self.conns.evicted);
+        let hook = &self.webhook_counters;
+        let (failed, full) = (
+            hook.failed.load(std::sync::atomic::Ordering::Relaxed),
+            hook.queue_full.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if self.webhook.is_some() || failed + full > 0 {
+            drops.insert("webhook_failed".into(), failed);
+            drops.insert("webhook_queue_full".into(), full);
+        }
         Ok(drops)
     }
 
     fn sensor_record(&mut self, phase: &str) -> Result<(), AgentError> {
+        let record = self.sensor_state(phase)?;
+        self.write(&Record::Sensor(record))
+    }
+
+    fn sensor_state(&mut self, phase: &str) -> Result<SensorRecord, AgentError> {
         let features = self.sensor.features().clone();
         let mut unavailable = BTreeMap::new();
         for (name, r) in [
@@ -558,8 +704,9 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), *v))
                 .chain([("damaged".to_string(), self.requests.damaged)])
                 .collect(),
+            reload: None,
         };
-        self.write(&Record::Sensor(record))
+        Ok(record)
     }
 
     /// Final drain, a record for every connection still open, per-process accounting, and
@@ -580,6 +727,11 @@ impl Agent {
                 .flat_map(|w| w.group.pids.clone())
                 .collect();
             self.process_records(&pids, false)?;
+        }
+        // Alerts still queued get one timeout's grace; what is left is counted as lost.
+        if let Some(hook) = self.webhook.take() {
+            let grace = Duration::from_millis(hook.config().timeout_ms);
+            hook.stop(grace);
         }
         self.sensor_record("stop")
     }

@@ -15,22 +15,23 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid configuration in {path}: {source}")]
-    Detect {
-        path: PathBuf,
-        #[source]
-        source: crate::detect::DetectConfigError,
-    },
     /// toml's message names the line and column and what was expected.
     #[error("invalid configuration in {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid configuration in {path}: {key} = {value}: {why}")]
+    /// A value of the right type that is out of range or malformed. `key` is the full
+    /// path (`detect.breadth.media.limits[1].window_s`); `line` is where the file sets it.
+    #[error("invalid configuration in {path}{}: {key} = {value}: {why}", at_line(*line))]
     Value {
         path: PathBuf,
-        key: &'static str,
+        line: Option<usize>,
+        key: String,
         value: String,
         why: String,
     },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -152,13 +153,41 @@ impl Default for Kernel {
 pub struct Output {
     /// Where JSON lines go: a file path (appended to) or "-" for stdout.
     pub events: String,
+    /// Alerts are also POSTed here as JSON, when set (see `output::webhook`).
+    pub webhook: Option<Webhook>,
 }
 
 impl Default for Output {
     fn default() -> Self {
         Self {
             events: String::from("-"),
+            webhook: None,
         }
+    }
+}
+
+/// `[output.webhook]`: where alerts are POSTed, one JSON object per alert.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL. It may carry a secret (as Matrix hookshot's generic
+    /// webhooks do): keep the configuration file readable by root only.
+    pub url: String,
+    /// The least severe alert sent: `info`, `warning` (default) or `critical`.
+    #[serde(default = "Webhook::default_min_severity")]
+    pub min_severity: crate::detect::Severity,
+    /// Give up on one attempt after this long.
+    #[serde(default = "Webhook::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Webhook {
+    fn default_min_severity() -> crate::detect::Severity {
+        crate::detect::Severity::Warning
+    }
+
+    fn default_timeout_ms() -> u64 {
+        5000
     }
 }
 
@@ -169,8 +198,23 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate(path)?;
-        Ok(config)
+        match config.validate(path) {
+            Ok(()) => Ok(config),
+            Err(ConfigError::Value {
+                path,
+                key,
+                value,
+                why,
+                ..
+            }) => Err(ConfigError::Value {
+                line: line_of(text, &key),
+                path,
+                key,
+                value,
+                why,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads `path`; a missing file at the default path means "all defaults".
@@ -190,9 +234,10 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key, value: String, why: &str| ConfigError::Value {
+        let bad = |key: &str, value: String, why: &str| ConfigError::Value {
             path: path.to_owned(),
-            key,
+            line: None,
+            key: key.to_owned(),
             value,
             why: why.to_owned(),
         };
@@ -221,19 +266,17 @@ impl Config {
         if let Err(e) =
             crate::client_ip::TrustedProxies::try_from(self.attribution.trusted_proxies.as_slice())
         {
-            return Err(ConfigError::Value {
-                path: path.to_owned(),
-                key: "attribution.trusted_proxies",
-                value: format!("{:?}", self.attribution.trusted_proxies),
-                why: e.to_string(),
-            });
+            return Err(bad(
+                "attribution.trusted_proxies",
+                format!("{:?}", self.attribution.trusted_proxies),
+                &e.to_string(),
+            ));
         }
-        self.detect
-            .validate()
-            .map_err(|source| ConfigError::Detect {
-                path: path.to_owned(),
-                source,
-            })?;
+        if let Err(crate::detect::DetectConfigError::Value { key, value, why }) =
+            self.detect.validate()
+        {
+            return Err(bad(&format!("detect.{key}"), value, &why));
+        }
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
                 "metrics.listen",
@@ -248,7 +291,58 @@ impl Config {
                 "must be a file path or \"-\" for stdout",
             ));
         }
+        if let Some(hook) = &self.output.webhook {
+            if let Err(why) = crate::output::webhook::check_url(&hook.url) {
+                return Err(bad("output.webhook.url", format!("{:?}", hook.url), &why));
+            }
+            if !(100..=60_000).contains(&hook.timeout_ms) {
+                return Err(bad(
+                    "output.webhook.timeout_ms",
+                    hook.timeout_ms.to_string(),
+                    "must be between 100 and 60000",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// The line (from 1) where `text` sets `key`, a dotted path with `[n]` for array elements
+/// (`detect.volume.token[1].bytes`); the nearest enclosing key found when the exact one is
+/// not in the file (a default that conflicts with a value that is).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some(next) = item.get(name) else {
+            break;
+        };
+        item = next;
+        span = item_span(item).or(span);
+        if let Some(i) = index {
+            let Some(next) = item.get(i) else {
+                break;
+            };
+            item = next;
+            span = item_span(item).or(span);
+        }
+    }
+    let offset = span?.start;
+    Some(text[..offset.min(text.len())].matches('\n').count() + 1)
+}
+
+/// Where an item is written: a value's own span, or a table's header.
+fn item_span(item: &toml_edit::Item) -> Option<std::ops::Range<usize>> {
+    match item {
+        toml_edit::Item::Value(v) => v.span(),
+        toml_edit::Item::Table(t) => t.span(),
+        toml_edit::Item::ArrayOfTables(a) => a.span(),
+        toml_edit::Item::None => None,
     }
 }
 
@@ -351,6 +445,74 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn value_errors_name_the_line() {
+        let err = parse("[discovery]\n\n# faster\nrescan_ms = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("discovery.rescan_ms = 1"), "{err}");
+        let err = parse("[kernel]\nring_buffer_bytes = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        // Keys under [detect], in arrays of tables and inline arrays.
+        let err = parse(
+            "[detect.volume]\ntoken = [\n  { window_s = 60, threshold_bytes = 1 },\n  { window_s = 0, threshold_bytes = 5 },\n]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("detect.volume.token[1]"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        let err = parse(
+            "[[detect.breadth.media.limits]]\nwindow_s = 60\nthreshold = 5\n\n[[detect.breadth.media.limits]]\nwindow_s = 60\nthreshold = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("detect.breadth.media.limits[1]"), "{err}");
+        assert!(err.contains("line 7") || err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn webhook() {
+        let c =
+            parse("[output.webhook]\nurl = \"https://hooks.example.org/webhook/abc\"\n").unwrap();
+        let hook = c.output.webhook.unwrap();
+        assert_eq!(hook.url, "https://hooks.example.org/webhook/abc");
+        assert_eq!(hook.min_severity, crate::detect::Severity::Warning);
+        assert_eq!(hook.timeout_ms, 5000);
+        let c = parse(
+            "[output.webhook]\nurl = \"http://127.0.0.1:9000/x\"\nmin_severity = \"critical\"\ntimeout_ms = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.output.webhook.unwrap().min_severity,
+            crate::detect::Severity::Critical
+        );
+        let err = parse("[output.webhook]\nurl = \"ftp://x/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("output.webhook.url") && err.contains("line 2"),
+            "{err}"
+        );
+        let err = parse("[output.webhook]\nurl = \"http://x/\"\nmin_severity = \"loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loud") && err.contains("line 3"), "{err}");
+        let err = parse("[output.webhook]\nmin_severity = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("url"), "{err}");
+        let err = parse("[output.webhook]\nurl = \"http://x/\"\ntimeout_ms = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timeout_ms") && err.contains("line 3"),
+            "{err}"
+        );
     }
 
     #[test]

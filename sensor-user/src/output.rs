@@ -11,6 +11,8 @@ use std::{
 
 use serde::Serialize;
 
+pub mod webhook;
+
 use crate::{
     client_ip::AddressSource, decode::Mechanism, endpoint::Class, identity::Fingerprint,
     identity::TokenSource,
@@ -138,7 +140,7 @@ pub struct WatchRecord {
 pub struct SensorRecord {
     pub ts: String,
     pub schema: u32,
-    /// `start`, `watch` (what is watched changed), or `stop`.
+    /// `start`, `watch` (what is watched changed), `reload` (SIGHUP), or `stop`.
     pub phase: String,
     pub version: String,
     pub kernel: String,
@@ -153,6 +155,20 @@ pub struct SensorRecord {
     pub heads: BTreeMap<String, u64>,
     /// Where Prometheus metrics are served (`GET /metrics`), if they are.
     pub metrics: Option<String>,
+    /// `phase: "reload"` only: what the reload changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadRecord>,
+}
+
+/// What a configuration reload (SIGHUP) changed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReloadRecord {
+    /// Keys whose new value is in force.
+    pub applied: Vec<String>,
+    /// Keys that changed in the file but keep their running value until a restart.
+    pub needs_restart: Vec<String>,
+    /// Why the file was not applied at all (unreadable or invalid), if it was not.
+    pub rejected: Option<String>,
 }
 
 /// Output buffer size: a drain of a busy ring buffer writes many records at once.

@@ -20,6 +20,10 @@ use crate::{Cgroup, TempDir};
 pub struct Agent {
     events: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    reload: tokio::sync::mpsc::UnboundedSender<Result<Config, String>>,
+    /// The key file and metrics address the fixture chose, kept across reloads.
+    key_file: PathBuf,
+    metrics_listen: String,
     thread: Option<JoinHandle<Result<Summary, String>>>,
     _dir: TempDir,
 }
@@ -45,20 +49,27 @@ impl Agent {
             duration: None,
             proc_root: PathBuf::from("/proc"),
         };
+        let key_file = opts.config.attribution.key_file.clone();
+        let metrics_listen = opts.config.metrics.listen.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(agent::run(opts, async {
+            let shutdown = async {
                 let _ = rx.await;
-            }))
-            .map_err(|e| format!("{e:#}"))
+            };
+            rt.block_on(agent::run_reloadable(opts, shutdown, Some(reloads)))
+                .map_err(|e| format!("{e:#}"))
         });
         let mut agent = Self {
             events,
             stop: Some(tx),
+            reload,
+            key_file,
+            metrics_listen,
             thread: Some(thread),
             _dir: dir,
         };
@@ -90,6 +101,41 @@ impl Agent {
             },
             config,
         )
+    }
+
+    /// Applies `config` as SIGHUP does (the fixture's key file and metrics address are
+    /// kept) and waits for the agent's `reload` record, which it returns.
+    pub fn reload(&mut self, config: Config) -> Value {
+        let mut config = config;
+        config.attribution.key_file = self.key_file.clone();
+        config.metrics.listen = self.metrics_listen.clone();
+        self.send_reload(Ok(config))
+    }
+
+    /// Sends a reload that failed to read (as SIGHUP with a bad file does); returns the
+    /// `reload` record.
+    pub fn reload_rejected(&mut self, why: &str) -> Value {
+        self.send_reload(Err(why.to_owned()))
+    }
+
+    fn send_reload(&mut self, reload: Result<Config, String>) -> Value {
+        let before = self.reload_records().len();
+        self.reload.send(reload).expect("the agent is running");
+        self.wait_for(Duration::from_secs(10), |records| {
+            records
+                .iter()
+                .filter(|r| r["kind"] == "sensor" && r["phase"] == "reload")
+                .count()
+                > before
+        });
+        self.reload_records().pop().expect("a reload record")
+    }
+
+    fn reload_records(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "sensor" && r["phase"] == "reload")
+            .collect()
     }
 
     /// The records written so far.

@@ -103,9 +103,86 @@ fn bad_arguments_and_config_are_explained() {
         stderr.contains("ring_bufer_bytes") && stderr.contains("line 3"),
         "{stderr}"
     );
+    // A value of the right type but out of range: named with its key and line.
+    std::fs::write(
+        &file,
+        "[detect.single_transfer]\nthreshold_bytes = \"512 MiB\"\n\n[detect.volume]\ntoken = [{ window_s = 0, threshold_bytes = \"1 GiB\" }]\n",
+    )
+    .unwrap();
+    let out = sensor().arg("check-config").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("detect.volume.token[0].window_s") && stderr.contains("line 5"),
+        "{stderr}"
+    );
     std::fs::write(&file, "[kernel]\nmax_connections = 10\n").unwrap();
     let out = sensor().arg("check-config").arg(&file).output().unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
+    require_root();
+    let cgroup = Cgroup::new("hup");
+    let _server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let dir = TempDir::new("hup");
+    let events = dir.path.join("events.jsonl");
+    let mut child = run_in(&dir)
+        .args(["--events"])
+        .arg(&events)
+        .args(["--cgroup", &cgroup.rel])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sensor");
+    wait_for_start(&events);
+    let config = dir.path.join("config.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let reloads = |n: usize| {
+        for _ in 0..500 {
+            let found: Vec<_> = read_records(&events)
+                .into_iter()
+                .filter(|r| r["phase"] == "reload")
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no reload record {n}");
+    };
+    std::fs::write(
+        &config,
+        format!("{original}[detect]\nrealert_s = 60\n[kernel]\nmax_connections = 1000\n"),
+    )
+    .unwrap();
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let r = &reloads(1)[0];
+    assert_eq!(r["reload"]["applied"], serde_json::json!(["detect"]), "{r}");
+    assert_eq!(
+        r["reload"]["needs_restart"],
+        serde_json::json!(["kernel.max_connections"]),
+        "{r}"
+    );
+    std::fs::write(&config, format!("{original}[discovery]\nrescan_ms = 1\n")).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let r = &reloads(2)[1];
+    let why = r["reload"]["rejected"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("discovery.rescan_ms") && why.contains("between 50 and 60000"),
+        "{r}"
+    );
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "a bad file must not stop the sensor"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait sensor");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

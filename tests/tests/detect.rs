@@ -165,3 +165,83 @@ fn ordinary_use_raises_no_alert() {
     );
     assert!(alerts(&records).is_empty(), "{:#?}", alerts(&records));
 }
+
+/// SIGHUP's path: a new threshold applies to a connection opened before the reload, a
+/// restart-only key is reported and left alone, a bad file changes nothing, and the
+/// connection's counts run on across reloads.
+#[test]
+fn reload_applies_live_keys_and_keeps_state() {
+    require_root();
+    let cgroup = Cgroup::new("reload");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let mut c = config();
+    c.detect.single_transfer.threshold_bytes = 512 << 20;
+    let mut agent = Agent::for_cgroup(&cgroup, c.clone());
+    let token = synapse_token("mallory", "MalloryMalloryMallor");
+    let mut client = Client::connect_from("127.0.0.14".parse::<IpAddr>().unwrap(), server.addrs[0]);
+    let download = |client: &mut Client| {
+        client.send(
+            format!(
+                "GET /_matrix/media/v3/download/test.example/big?bytes={} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n",
+                16 << 20
+            )
+            .as_bytes(),
+        );
+        client.read_response();
+    };
+    download(&mut client);
+    settle();
+    assert!(
+        alerts(&agent.records()).is_empty(),
+        "16 MiB is under the 512 MiB threshold"
+    );
+
+    c.detect.single_transfer.threshold_bytes = 8 << 20;
+    c.kernel.max_connections = 1000;
+    let r = agent.reload(c.clone());
+    assert_eq!(r["reload"]["applied"], serde_json::json!(["detect"]), "{r}");
+    assert_eq!(
+        r["reload"]["needs_restart"],
+        serde_json::json!(["kernel.max_connections"]),
+        "{r}"
+    );
+    assert_eq!(r["reload"]["rejected"], Value::Null, "{r}");
+
+    // The same connection, opened before the reload, under the new threshold.
+    download(&mut client);
+    agent.wait_for(Duration::from_secs(5), |records| {
+        records
+            .iter()
+            .any(|r| r["kind"] == "alert" && r["rule"] == "single_transfer")
+    });
+
+    let r = agent.reload_rejected("invalid configuration in /etc/x.toml: bad");
+    assert_eq!(
+        r["reload"]["rejected"], "invalid configuration in /etc/x.toml: bad",
+        "{r}"
+    );
+    assert_eq!(r["reload"]["applied"], serde_json::json!([]), "{r}");
+    // Still the reloaded threshold: a third download alerts again on this connection only
+    // if it doubles the reported size, so use a new connection.
+    let mut second = Client::connect_from("127.0.0.15".parse::<IpAddr>().unwrap(), server.addrs[0]);
+    download(&mut second);
+    second.finish_reading();
+    client.finish_reading();
+    settle();
+    let records = agent.stop();
+    let transfer_alerts: Vec<_> = alerts(&records)
+        .into_iter()
+        .filter(|a| a["rule"] == "single_transfer")
+        .collect();
+    assert_eq!(transfer_alerts.len(), 2, "{transfer_alerts:#?}");
+    for a in &transfer_alerts {
+        assert_eq!(a["threshold"], 8u64 << 20, "{a}");
+    }
+    assert_eq!(transfer_alerts[0]["subject"]["client_ip"], "127.0.0.14");
+    assert_eq!(transfer_alerts[1]["subject"]["client_ip"], "127.0.0.15");
+    // Counting ran on across both reloads: the connection's totals are exact.
+    let found = homeserver_sensor_tests::connection_of(&records, client.local());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["bytes_in"], client.sent, "{}", found[0]);
+    assert_eq!(found[0]["bytes_out"], client.received, "{}", found[0]);
+}

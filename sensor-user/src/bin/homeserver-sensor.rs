@@ -83,13 +83,36 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref())?;
-    config.accounting.call_counts |= args.call_counts;
-    config.accounting.syscalls |= args.syscall_counts;
-    if let Some(events) = args.events {
-        config.output.events = events;
+/// The configuration file with the command line's overrides applied; read at start and
+/// again on each SIGHUP.
+#[derive(Clone)]
+struct ConfigSource {
+    path: Option<PathBuf>,
+    call_counts: bool,
+    syscall_counts: bool,
+    events: Option<String>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config, homeserver_sensor::config::ConfigError> {
+        let mut config = Config::load(self.path.as_deref())?;
+        config.accounting.call_counts |= self.call_counts;
+        config.accounting.syscalls |= self.syscall_counts;
+        if let Some(events) = &self.events {
+            config.output.events = events.clone();
+        }
+        Ok(config)
     }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let source = ConfigSource {
+        path: args.config,
+        call_counts: args.call_counts,
+        syscall_counts: args.syscall_counts,
+        events: args.events,
+    };
+    let config = source.load()?;
     let duration = match args.duration {
         Some(s) if !(s.is_finite() && s > 0.0) => {
             anyhow::bail!("--duration must be a positive number of seconds, not {s}")
@@ -125,7 +148,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT: stopping"),
             }
         };
-        agent::run(opts, shutdown).await
+        // SIGHUP: read the file again; the agent applies what can change live.
+        let (reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reading the configuration again");
+                let config = source.load().map_err(|e| e.to_string());
+                if reload_tx.send(config).is_err() {
+                    break;
+                }
+            }
+        });
+        agent::run_reloadable(opts, shutdown, Some(reloads))
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     Ok(())
 }
