@@ -37,11 +37,13 @@ fi
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT INT TERM
-mkdir -p "$root/usr/local/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
+mkdir -p "$root/usr/local/bin" "$root/usr/bin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
 cp -R "$system_units" "$root/usr/lib/systemd/system"
 # A stand-in for the agent: verify checks that ExecStart names an executable file.
 printf '#!/bin/sh\nexit 0\n' >"$root/usr/local/bin/homeserver-sensor"
 chmod 0755 "$root/usr/local/bin/homeserver-sensor"
+# ExecReload= runs `kill`, found in systemd's search path: a stand-in for it too.
+cp "$root/usr/local/bin/homeserver-sensor" "$root/usr/bin/kill"
 cp "$unit_file" "$root/etc/systemd/system/$unit"
 
 failed=0

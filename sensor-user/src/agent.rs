@@ -559,7 +559,7 @@ impl Agent {
         self.detector.expire(now);
         let health = Health {
             drops,
-            detached: Vec::new(),
+            detached: self.check_attached()?,
             gone: std::mem::take(&mut self.gone),
         };
         let drops: Vec<(String, u64)> = health.drops.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -581,6 +581,37 @@ impl Agent {
         );
         let alerts = self.detector.observe_health(now, &health);
         self.alerts(alerts)
+    }
+
+    /// Cgroup programs someone detached, as `type/name on CGROUP`. Their cgroup is
+    /// forgotten, so the next rescan (within `discovery.rescan_ms`) attaches them again;
+    /// what passed in between is not counted, which the alert says.
+    fn check_attached(&mut self) -> Result<Vec<String>, AgentError> {
+        let mut detached = Vec::new();
+        let cgroups: Vec<(String, PathBuf, u64)> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| matches!(w.decision, crate::plan::Decision::Cgroup { .. }))
+            .map(|(rel, w)| (rel.clone(), w.cgroup_abs.clone(), w.cgroup_id))
+            .collect();
+        for (rel, abs, id) in cgroups {
+            // A different id: the service restarted and the rescan follows the new cgroup.
+            if discover::cgroup_id(&abs).ok() != Some(id) {
+                continue;
+            }
+            let programs = self.sensor.detached_cgroup_programs(&rel, &abs)?;
+            if programs.is_empty() {
+                continue;
+            }
+            tracing::error!(
+                "programs {programs:?} were detached from cgroup {rel} by someone else: \
+                 attaching them again"
+            );
+            self.sensor.forget_cgroup(&rel, id)?;
+            self.watched.remove(&rel);
+            detached.extend(programs.into_iter().map(|p| format!("{p} on {rel}")));
+        }
+        Ok(detached)
     }
 
     /// Reports connections whose close event could not be sent (ring buffer full). Walking

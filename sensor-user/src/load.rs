@@ -27,6 +27,8 @@ use sensor_common::{
 
 use crate::{config::Config, plan::Features};
 
+pub mod query;
+
 /// The kernel object this agent was built with (`cargo xtask build-ebpf`).
 #[cfg(ebpf_object)]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor.bpf.o"));
@@ -40,7 +42,7 @@ pub enum LoadError {
     )]
     NoObject,
     #[error(
-        "not enough privilege to load eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE (see the systemd unit)"
+        "not enough privilege to load eBPF programs: run as root, or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (see the systemd unit)"
     )]
     NotPrivileged,
     #[error("cannot load the eBPF object: {0}")]
@@ -267,6 +269,63 @@ impl Sensor {
                 programs::SKB_EGRESS,
             )?;
             detach(self.sockops()?.detach(links.sockops), programs::SOCK_OPS)?;
+        }
+        let _ = self.watched_cgroups()?.remove(&id);
+        Ok(())
+    }
+
+    /// Our cgroup programs that are no longer attached to the cgroup at `abs` (watched as
+    /// `rel`), as `type/name`: someone detached them. Empty when the cgroup is not ours or
+    /// its directory is gone (a service restart: the rescan follows the new cgroup).
+    pub fn detached_cgroup_programs(
+        &mut self,
+        rel: &str,
+        abs: &Path,
+    ) -> Result<Vec<String>, LoadError> {
+        if !self.cgroups.contains_key(rel) {
+            return Ok(Vec::new());
+        }
+        let Ok(dir) = File::open(abs) else {
+            return Ok(Vec::new());
+        };
+        let ingress = self.ingress;
+        let expected = [
+            (query::CGROUP_INET_INGRESS, "cgroup_skb", ingress),
+            (
+                query::CGROUP_INET_EGRESS,
+                "cgroup_skb",
+                programs::SKB_EGRESS,
+            ),
+            (query::CGROUP_SOCK_OPS, "sock_ops", programs::SOCK_OPS),
+        ];
+        let mut detached = Vec::new();
+        for (attach_type, kind, name) in expected {
+            let id = match name {
+                programs::SOCK_OPS => self.sockops()?.info(),
+                _ => self.skb(name)?.info(),
+            }
+            .map_err(program_error(name))?
+            .id();
+            let Ok(ids) = query::cgroup_program_ids(&dir, attach_type) else {
+                continue;
+            };
+            if !ids.contains(&id) {
+                detached.push(format!("{kind}/{name}"));
+            }
+        }
+        Ok(detached)
+    }
+
+    /// Forgets the links of a cgroup whose programs were detached behind our back, so that
+    /// the next rescan attaches them again.
+    /// Detaching what is already detached may fail (an attachment made without a BPF link
+    /// on an old kernel): that is not an error here.
+    pub fn forget_cgroup(&mut self, rel: &str, id: u64) -> Result<(), LoadError> {
+        if let Some(links) = self.cgroups.remove(rel) {
+            let ingress = self.ingress;
+            let _ = self.skb(ingress)?.detach(links.ingress);
+            let _ = self.skb(programs::SKB_EGRESS)?.detach(links.egress);
+            let _ = self.sockops()?.detach(links.sockops);
         }
         let _ = self.watched_cgroups()?.remove(&id);
         Ok(())

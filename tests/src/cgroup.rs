@@ -46,42 +46,47 @@ impl Drop for Cgroup {
 }
 
 /// Number of BPF programs attached to a cgroup (ingress, egress and sock_ops), from the
-/// kernel's `BPF_PROG_QUERY` (include/uapi/linux/bpf.h, `union bpf_attr` query layout).
+/// kernel's `BPF_PROG_QUERY`.
 pub fn cgroup_program_count(cgroup: &std::fs::File) -> u32 {
-    use std::os::fd::AsRawFd;
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    #[repr(C)]
-    #[derive(Default)]
-    struct Query {
-        target_fd: u32,
-        attach_type: u32,
-        query_flags: u32,
-        attach_flags: u32,
-        prog_ids: u64,
-        prog_cnt: u32,
-        _pad: u32,
-        rest: [u64; 4],
-    }
-    // BPF_CGROUP_INET_INGRESS, BPF_CGROUP_INET_EGRESS, BPF_CGROUP_SOCK_OPS.
-    [0u32, 1, 3]
-        .iter()
-        .map(|&attach_type| {
-            let mut q = Query {
-                target_fd: cgroup.as_raw_fd() as u32,
-                attach_type,
-                ..Query::default()
-            };
-            // SAFETY: a valid bpf_attr prefix for BPF_PROG_QUERY, with its size.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_QUERY,
-                    &mut q as *mut Query,
-                    std::mem::size_of::<Query>() as u32,
-                )
-            };
-            assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
-            q.prog_cnt
-        })
-        .sum()
+    cgroup_program_ids(cgroup).len() as u32
+}
+
+/// The ids of the programs attached to a cgroup: ingress, egress, then sock_ops.
+pub fn cgroup_program_ids(cgroup: &std::fs::File) -> Vec<u32> {
+    use homeserver_sensor::load::query;
+    [
+        query::CGROUP_INET_INGRESS,
+        query::CGROUP_INET_EGRESS,
+        query::CGROUP_SOCK_OPS,
+    ]
+    .iter()
+    .flat_map(|&attach_type| {
+        query::cgroup_program_ids(cgroup, attach_type)
+            .unwrap_or_else(|e| panic!("BPF_PROG_QUERY: {e}"))
+    })
+    .collect()
+}
+
+/// Detaches the BPF link that attaches program `prog_id` (as `bpftool link detach` does),
+/// behind the agent's back.
+pub fn detach_link_of(prog_id: u32) {
+    use std::os::fd::FromRawFd;
+    let link = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .find(|l| l.program_id() == prog_id)
+        .unwrap_or_else(|| panic!("no BPF link for program {prog_id}"));
+    // BPF_LINK_GET_FD_BY_ID (30): `link_id` first in its part of union bpf_attr.
+    let mut attr = [0u32; 4];
+    attr[0] = link.id();
+    // SAFETY: a valid bpf_attr prefix with its size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 30, attr.as_mut_ptr(), 16u32) };
+    assert!(fd >= 0, "BPF_LINK_GET_FD_BY_ID: {}", std::io::Error::last_os_error());
+    // SAFETY: a new fd we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // BPF_LINK_DETACH (34): `link_fd` first.
+    let mut attr = [0u32; 4];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
+    // SAFETY: as above.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 34, attr.as_mut_ptr(), 16u32) };
+    assert_eq!(r, 0, "BPF_LINK_DETACH: {}", std::io::Error::last_os_error());
 }

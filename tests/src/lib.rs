@@ -16,7 +16,7 @@ mod client;
 mod process;
 
 pub use agent::{Agent, agent_start_error, connection_of, read_records};
-pub use cgroup::{Cgroup, cgroup_program_count};
+pub use cgroup::{Cgroup, cgroup_program_count, cgroup_program_ids, detach_link_of};
 pub use client::{Client, synapse_token, test_server_response_len};
 pub use process::{FakeSynapse, Nginx, Process, Server, sibling_binary};
 

@@ -245,3 +245,55 @@ fn reload_applies_live_keys_and_keeps_state() {
     assert_eq!(found[0]["bytes_in"], client.sent, "{}", found[0]);
     assert_eq!(found[0]["bytes_out"], client.received, "{}", found[0]);
 }
+
+/// Someone detaches one of the agent's cgroup programs (`bpftool link detach`): a
+/// critical `sensor_health` alert names it, the agent attaches it again, and traffic after
+/// that is counted exactly.
+#[test]
+fn a_detached_program_is_an_alert_and_is_attached_again() {
+    require_root();
+    let cgroup = Cgroup::new("detach");
+    let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
+    let mut agent = Agent::for_cgroup(&cgroup, config());
+    let dir = std::fs::File::open(&cgroup.abs).unwrap();
+    let ids = homeserver_sensor_tests::cgroup_program_ids(&dir);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // The egress program: ids are ingress, egress, sock_ops.
+    homeserver_sensor_tests::detach_link_of(ids[1]);
+    let records = agent.wait_for(Duration::from_secs(5), |records| {
+        records.iter().any(|r| {
+            r["kind"] == "alert"
+                && r["rule"] == "sensor_health"
+                && r["evidence"]["health"]["issue"] == "detached"
+        })
+    });
+    let alert = records
+        .iter()
+        .find(|r| r["rule"] == "sensor_health")
+        .unwrap();
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    let program = alert["evidence"]["health"]["program"].as_str().unwrap();
+    assert_eq!(
+        program,
+        format!("cgroup_skb/conn_egress on {}", cgroup.rel),
+        "{alert}"
+    );
+    // Attached again within a rescan.
+    let start = Instant::now();
+    while homeserver_sensor_tests::cgroup_program_count(&dir) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not attached again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::connect(server.addrs[0]);
+    c.request("GET", "/bytes/100000", b"", true);
+    c.finish_reading();
+    settle();
+    let records = agent.stop();
+    let found = homeserver_sensor_tests::connection_of(&records, c.local());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["bytes_out"], c.received, "{}", found[0]);
+    assert_eq!(found[0]["bytes_in"], c.sent, "{}", found[0]);
+}

@@ -56,6 +56,9 @@ fn tiers(opts: &TestOptions, counts: &mut cmd::TestCounts) -> Result<()> {
             counts,
         )?;
     }
+    if !opts.privileged_only && opts.filter.is_empty() {
+        verify_unit(counts)?;
+    }
     if opts.unit_only {
         return Ok(());
     }
@@ -83,6 +86,27 @@ fn tiers(opts: &TestOptions, counts: &mut cmd::TestCounts) -> Result<()> {
         .args(["test", "--package", PRIVILEGED, "--", "--test-threads=1"])
         .args(&opts.filter);
     cmd::run_tests(&mut cargo, counts)
+}
+
+/// The systemd unit: `systemd-analyze verify` and its exposure score
+/// (`deploy/verify-unit.sh`), counted as one test.
+fn verify_unit(counts: &mut cmd::TestCounts) -> Result<()> {
+    step("checking the systemd unit (deploy/verify-unit.sh)...");
+    let result =
+        cmd::run(Command::new("sh").arg(cmd::workspace_root().join("deploy/verify-unit.sh")));
+    match result {
+        Ok(()) => {
+            counts.passed += 1;
+            Ok(())
+        }
+        Err(e) => {
+            counts.failed += 1;
+            Err(e.context(
+                "the systemd unit does not pass deploy/verify-unit.sh (it needs systemd-analyze: \
+                 apt-get install systemd)",
+            ))
+        }
+    }
 }
 
 /// `CARGO_TARGET_<HOST>_RUNNER`, the variable that sets how cargo starts host test binaries.

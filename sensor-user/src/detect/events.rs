@@ -234,7 +234,7 @@ impl Events {
         for program in &h.detached {
             if self.health_due(format!("detached:{program}"), end_ms, realert_ms) {
                 let summary = format!(
-                    "the sensor's program {program} was detached: its data is no longer seen"
+                    "the sensor's program {program} was detached by someone else: traffic is not counted until the agent attaches it again (next rescan)"
                 );
                 let issue = HealthIssue::Detached {
                     program: program.clone(),

@@ -69,7 +69,7 @@ fn a_detached_program_is_critical_and_a_gone_process_a_warning() {
         [
             (
                 Severity::Critical,
-                "the sensor's program cgroup_skb/egress was detached: its data is no longer seen"
+                "the sensor's program cgroup_skb/egress was detached by someone else: traffic is not counted until the agent attaches it again (next rescan)"
             ),
             (Severity::Warning, "watched process 4242 is gone"),
         ]
