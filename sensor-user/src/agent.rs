@@ -151,6 +151,8 @@ struct Agent {
     webhook: Option<Webhook>,
     /// Alerts sent and lost by every webhook of this run.
     webhook_counters: Arc<webhook::Counters>,
+    /// Keeps the kernel's BPF statistics on (`metrics.program_stats`).
+    stats: Option<std::os::fd::OwnedFd>,
 }
 
 /// Runs the agent until `shutdown` completes or the duration elapses.
@@ -241,8 +243,10 @@ pub async fn run_reloadable(
         gone: Vec::new(),
         webhook: None,
         webhook_counters: Arc::default(),
+        stats: None,
     };
     agent.start_webhook()?;
+    agent.program_stats();
     agent.set_transfer_threshold()?;
     if agent.opts.config.accounting.syscalls {
         agent.sensor.attach_syscalls(&syscalls::read_family())?;
@@ -363,6 +367,22 @@ impl Agent {
         Ok(())
     }
 
+    /// Turns the kernel's BPF statistics on or off as `metrics.program_stats` says.
+    fn program_stats(&mut self) {
+        let want = self.opts.config.metrics.program_stats;
+        if !want {
+            self.stats = None;
+        } else if self.stats.is_none() {
+            match crate::load::enable_run_time_stats() {
+                Ok(fd) => self.stats = Some(fd),
+                Err(e) => tracing::warn!(
+                    "metrics.program_stats: the kernel refused to turn on BPF statistics \
+                     ({e}); per-program run time is not exported"
+                ),
+            }
+        }
+    }
+
     /// Applies what can change live of `new` and reports the rest as needing a restart.
     fn reload(&mut self, new: Config) -> Result<(), AgentError> {
         let (merged, outcome) = merge_reload(&self.opts.config, &new);
@@ -379,8 +399,15 @@ impl Agent {
         if config.attribution.server_name.is_some() {
             self.attribution.server_name = config.attribution.server_name.clone();
         }
-        if config.output.webhook != old.output.webhook {
+        let (webhook, stats) = (
+            config.output.webhook != old.output.webhook,
+            config.metrics.program_stats != old.metrics.program_stats,
+        );
+        if webhook {
             self.start_webhook()?;
+        }
+        if stats {
+            self.program_stats();
         }
         if outcome.needs_restart.is_empty() {
             tracing::info!("configuration reloaded: changed {:?}", outcome.applied);
@@ -573,6 +600,7 @@ impl Agent {
         self.metrics.set_head_outcomes(&heads);
         self.metrics
             .set_tracked_connections(self.conns.open_count() as u64);
+        self.metrics.set_program_stats(&self.sensor.program_stats());
         self.metrics.set_watched_processes(
             self.watched
                 .values()

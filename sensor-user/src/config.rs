@@ -105,6 +105,12 @@ pub struct Metrics {
     /// Address of `GET /metrics`; loopback by default (port 0 picks a free port, which the
     /// `sensor` start record names).
     pub listen: String,
+    /// Turn on the kernel's per-program BPF statistics while the agent runs, for
+    /// `homeserver_sensor_bpf_program_run_seconds_total` and `..._runs_total`. Off by
+    /// default: every BPF program on the host (not only ours) then pays two clock reads per
+    /// run. When an operator turned them on (`sysctl kernel.bpf_stats_enabled=1`) they are
+    /// exported either way.
+    pub program_stats: bool,
 }
 
 impl Default for Metrics {
@@ -112,6 +118,7 @@ impl Default for Metrics {
         Self {
             enabled: true,
             listen: crate::metrics::DEFAULT_LISTEN.to_string(),
+            program_stats: false,
         }
     }
 }

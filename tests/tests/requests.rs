@@ -423,7 +423,9 @@ fn metrics_are_served() {
     require_root();
     let cgroup = Cgroup::new("metrics");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
-    let mut agent = Agent::for_cgroup(&cgroup, config());
+    let mut c = config();
+    c.metrics.program_stats = true;
+    let mut agent = Agent::for_cgroup(&cgroup, c);
     let mut c = Client::connect_from(ip("127.0.0.14"), server.addrs[0]);
     c.request("GET", "/_matrix/client/v3/sync?bytes=1000", b"", false);
     c.request(
@@ -466,6 +468,11 @@ fn metrics_are_served() {
         1.0
     );
     assert_eq!(value("homeserver_sensor_watched_processes"), 1.0);
+    // With `program_stats`, the kernel's run time and count of our programs.
+    let runs = value("homeserver_sensor_bpf_program_runs_total{program=\"conn_egress\"}");
+    assert!(runs >= 2.0, "one run per packet sent at least: {runs}");
+    let seconds = value("homeserver_sensor_bpf_program_run_seconds_total{program=\"conn_egress\"}");
+    assert!(seconds > 0.0 && seconds < 1.0, "{seconds}");
     // Nothing identifying goes into labels.
     assert!(
         !text.contains("127.0.0.14") && !text.contains("tfp_"),

@@ -3,8 +3,8 @@
 //!
 //! Live: the whole `[detect]` section (the detector keeps its windows, see
 //! `Detector::reload`, and the kernel's single-transfer threshold follows),
-//! `attribution.trusted_proxies`, `attribution.server_name`, `discovery.rescan_ms` and the
-//! `[output]` webhook settings. Everything else sizes kernel maps, chooses programs,
+//! `attribution.trusted_proxies`, `attribution.server_name`, `discovery.rescan_ms`,
+//! `metrics.program_stats` and the `[output]` webhook settings. Everything else sizes kernel maps, chooses programs,
 //! holds a secret or opens a socket or file at start: a change there is reported as
 //! needing a restart, and the running value stays in force, so what runs is always one
 //! consistent configuration.
@@ -55,6 +55,11 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Outcome) {
         running.output.webhook != new.output.webhook,
     );
     merged.output.webhook = new.output.webhook.clone();
+    live(
+        "metrics.program_stats",
+        running.metrics.program_stats != new.metrics.program_stats,
+    );
+    merged.metrics.program_stats = new.metrics.program_stats;
 
     let restart = [
         (
@@ -125,6 +130,7 @@ mod tests {
         new.attribution.trusted_proxies = vec!["10.0.0.1".into()];
         new.attribution.server_name = Some("example.org".into());
         new.discovery.rescan_ms = 250;
+        new.metrics.program_stats = true;
         let (merged, outcome) = merge(&running, &new);
         assert_eq!(merged, new);
         assert_eq!(
@@ -133,7 +139,8 @@ mod tests {
                 "detect",
                 "attribution.trusted_proxies",
                 "attribution.server_name",
-                "discovery.rescan_ms"
+                "discovery.rescan_ms",
+                "metrics.program_stats"
             ]
         );
         assert!(outcome.needs_restart.is_empty());
