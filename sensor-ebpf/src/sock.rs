@@ -13,6 +13,9 @@
 //!   `inet_sk_set_state()` / `inet_sk_state_store()` on every TCP state change; used only in
 //!   tracepoint mode, where no sock_ops program reports closes.
 //!
+//! In tracepoint mode the send tracepoint also reports a connection crossing the
+//! single-transfer threshold (transfer.rs), as the egress program does in cgroup mode.
+//!
 //! These run for every process's socket calls (they are not scoped to a cgroup), so the
 //! first thing they do is the watched check: one helper and at most two map lookups.
 
@@ -34,6 +37,7 @@ use sensor_common::{
 use crate::{
     conn::{close, emit_open_once, get_or_create},
     maps::{CONNS, PENDING_READS, watch_of},
+    transfer,
 };
 
 /// `MSG_PEEK` from include/linux/socket.h: a peek returns data without consuming it.
@@ -105,6 +109,12 @@ fn try_sock_io(ctx: &BtfTracePointContext, dir: Direction) -> Result<(), i64> {
     };
     // SAFETY: `stats` points into a live map value.
     unsafe { count_call(&mut *stats, dir, ret as u64, owns) };
+    if owns && dir == Direction::Out {
+        // Tracepoint mode has no request heads: the count runs from the connection's start,
+        // so the single-transfer rule sees the connection's bytes out.
+        // SAFETY: as above.
+        transfer::on_bytes_out(cookie, unsafe { &mut *stats });
+    }
     Ok(())
 }
 

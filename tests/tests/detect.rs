@@ -297,3 +297,52 @@ fn a_detached_program_is_an_alert_and_is_attached_again() {
     assert_eq!(found[0]["bytes_out"], c.received, "{}", found[0]);
     assert_eq!(found[0]["bytes_in"], c.sent, "{}", found[0]);
 }
+
+/// In tracepoint mode (a process in no cgroup of its own) the send tracepoint reports the
+/// crossing while the download runs, as the egress program does in cgroup mode.
+#[test]
+fn single_transfer_in_tracepoint_mode() {
+    require_root();
+    let server = Server::start(&["127.0.0.1:0"], None);
+    let mut c = config();
+    c.detect.single_transfer.threshold_bytes = 8 << 20;
+    let agent = Agent::for_pid(server.pid(), c);
+    let mut client = Client::connect(server.addrs[0]);
+    let size: u64 = 48 << 20;
+    client.send(format!("GET /bytes/{size} HTTP/1.1\r\n\r\n").as_bytes());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut seen_with = None;
+    while got < size {
+        let n = client.stream.read(&mut buf).expect("read");
+        assert!(n > 0, "server closed early");
+        got += n as u64;
+        std::thread::sleep(Duration::from_micros(300));
+        if seen_with.is_none()
+            && agent
+                .records()
+                .iter()
+                .any(|r| r["kind"] == "alert" && r["rule"] == "single_transfer")
+        {
+            seen_with = Some(got);
+        }
+    }
+    let seen_with = seen_with.expect("no single_transfer alert during the download");
+    assert!(seen_with < size, "alert seen only at the end");
+    let records = agent.stop();
+    let watch = records
+        .iter()
+        .find(|r| r["phase"] == "start")
+        .map(|r| r["watched"][0]["mechanism"].clone());
+    assert_eq!(watch, Some(Value::from("tracepoint")), "{records:#?}");
+    let a = alerts(&records)
+        .into_iter()
+        .find(|a| a["rule"] == "single_transfer")
+        .unwrap();
+    assert_eq!(a["evidence"]["connection"]["pid"], server.pid(), "{a}");
+    assert_eq!(
+        a["evidence"]["connection"]["peer"],
+        client.local().to_string(),
+        "{a}"
+    );
+}
