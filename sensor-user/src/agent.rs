@@ -101,6 +101,8 @@ pub enum AgentError {
     TrustedProxies(#[from] ClientIpError),
     #[error("cannot start the webhook sender thread: {0}")]
     Webhook(#[source] std::io::Error),
+    #[error("{0}")]
+    WebhookUrl(String),
 }
 
 /// Configurations to apply while running, in order (the binary sends one per SIGHUP), or
@@ -358,10 +360,13 @@ impl Agent {
     /// finishes its queue in the background.
     fn start_webhook(&mut self) -> Result<(), AgentError> {
         self.webhook = match &self.opts.config.output.webhook {
-            Some(config) => Some(
-                Webhook::start(config, self.webhook_counters.clone())
-                    .map_err(AgentError::Webhook)?,
-            ),
+            Some(config) => {
+                let url = webhook::resolve_url(config).map_err(AgentError::WebhookUrl)?;
+                Some(
+                    Webhook::start(config, url, self.webhook_counters.clone())
+                        .map_err(AgentError::Webhook)?,
+                )
+            }
             None => None,
         };
         Ok(())
@@ -385,6 +390,14 @@ impl Agent {
 
     /// Applies what can change live of `new` and reports the rest as needing a restart.
     fn reload(&mut self, new: Config) -> Result<(), AgentError> {
+        // A webhook URL file that cannot be read rejects the whole reload, before anything
+        // changes.
+        if let Some(hook) = &new.output.webhook
+            && new.output.webhook != self.opts.config.output.webhook
+            && let Err(why) = webhook::resolve_url(hook)
+        {
+            return self.reload_rejected(why);
+        }
         let (merged, outcome) = merge_reload(&self.opts.config, &new);
         let old = std::mem::replace(&mut self.opts.config, merged);
         if self.opts.config.detect != old.detect {

@@ -177,9 +177,13 @@ impl Default for Output {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    /// `http://` or `https://` URL. It may carry a secret (as Matrix hookshot's generic
-    /// webhooks do): keep the configuration file readable by root only.
-    pub url: String,
+    /// `http://` or `https://` URL. Exactly one of `url` and `url_file`.
+    pub url: Option<String>,
+    /// A file holding the URL, for a URL that carries a secret (as Matrix hookshot's
+    /// generic webhooks do): an absolute path, or a bare name read from systemd's
+    /// `$CREDENTIALS_DIRECTORY` (`LoadCredential=NAME:/etc/homeserver-sensor/NAME` in the
+    /// unit), so the secret stays root-only. Read at start and at each reload.
+    pub url_file: Option<PathBuf>,
     /// The least severe alert sent: `info`, `warning` (default) or `critical`.
     #[serde(default = "Webhook::default_min_severity")]
     pub min_severity: crate::detect::Severity,
@@ -299,8 +303,20 @@ impl Config {
             ));
         }
         if let Some(hook) = &self.output.webhook {
-            if let Err(why) = crate::output::webhook::check_url(&hook.url) {
-                return Err(bad("output.webhook.url", format!("{:?}", hook.url), &why));
+            match (&hook.url, &hook.url_file) {
+                (Some(url), None) => {
+                    if let Err(why) = crate::output::webhook::check_url(url) {
+                        return Err(bad("output.webhook.url", format!("{url:?}"), &why));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(bad(
+                        "output.webhook",
+                        "{ ... }".into(),
+                        "needs exactly one of `url` and `url_file`",
+                    ));
+                }
             }
             if !(100..=60_000).contains(&hook.timeout_ms) {
                 return Err(bad(
@@ -487,7 +503,10 @@ mod tests {
         let c =
             parse("[output.webhook]\nurl = \"https://hooks.example.org/webhook/abc\"\n").unwrap();
         let hook = c.output.webhook.unwrap();
-        assert_eq!(hook.url, "https://hooks.example.org/webhook/abc");
+        assert_eq!(
+            hook.url.as_deref(),
+            Some("https://hooks.example.org/webhook/abc")
+        );
         assert_eq!(hook.min_severity, crate::detect::Severity::Warning);
         assert_eq!(hook.timeout_ms, 5000);
         let c = parse(
@@ -512,7 +531,16 @@ mod tests {
         let err = parse("[output.webhook]\nmin_severity = \"info\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("url"), "{err}");
+        assert!(err.contains("exactly one of `url` and `url_file`"), "{err}");
+        let err = parse("[output.webhook]\nurl = \"http://x/\"\nurl_file = \"hook\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one"), "{err}");
+        let c = parse("[output.webhook]\nurl_file = \"webhook-url\"\n").unwrap();
+        assert_eq!(
+            c.output.webhook.unwrap().url_file,
+            Some(PathBuf::from("webhook-url"))
+        );
         let err = parse("[output.webhook]\nurl = \"http://x/\"\ntimeout_ms = 5\n")
             .unwrap_err()
             .to_string();
@@ -520,6 +548,61 @@ mod tests {
             err.contains("timeout_ms") && err.contains("line 3"),
             "{err}"
         );
+    }
+
+    /// The `[output.webhook]` example has no default to compare with: drop it.
+    fn without_webhook(text: &str) -> String {
+        let mut out = String::new();
+        let mut skip = false;
+        for line in text.lines() {
+            if line.starts_with('[') {
+                skip = line == "[output.webhook]";
+            }
+            if !skip {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_configuration_is_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").expect("end")];
+        let c = parse(block).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_deployed_example_is_the_defaults_commented_out() {
+        let example = include_str!("../../deploy/config.toml.example");
+        assert_eq!(parse(example).unwrap(), Config::default());
+        // Uncommented, every key shown keeps its default.
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c == '[' || c.is_ascii_lowercase()) => {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let with_webhook = parse(&uncommented).unwrap_or_else(|e| panic!("{e}"));
+        assert!(with_webhook.output.webhook.is_some());
+        let mut c = parse(&without_webhook(&uncommented)).unwrap_or_else(|e| panic!("{e}"));
+        // Two keys are found at run time when unset; the example shows a typical value.
+        assert_eq!(
+            c.discovery.cgroup_root,
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(c.attribution.server_name.as_deref(), Some("example.org"));
+        c.discovery.cgroup_root = None;
+        c.attribution.server_name = None;
+        assert_eq!(c, Config::default());
     }
 
     #[test]

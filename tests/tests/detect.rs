@@ -88,6 +88,7 @@ fn single_transfer_alert_arrives_while_the_download_runs() {
         rfc3339_to_system(a["ts"].as_str().unwrap()) < finished,
         "{a}"
     );
+    eprintln!("single_transfer alert: {a}");
     assert_eq!(a["subject"]["user"], "@mallory:test.example", "{a}");
     assert_eq!(a["subject"]["client_ip"], "127.0.0.13", "{a}");
     assert!(

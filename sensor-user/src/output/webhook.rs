@@ -52,6 +52,44 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The URL of `config`: `url`, or the content of `url_file` (a bare name is looked up in
+/// systemd's `$CREDENTIALS_DIRECTORY`); checked. The error is a sentence that never
+/// contains the URL (it may hold a secret).
+pub fn resolve_url(config: &config::Webhook) -> Result<String, String> {
+    let file = match (&config.url, &config.url_file) {
+        (Some(url), _) => return check_url(url).map(|()| url.clone()),
+        (None, Some(file)) => file,
+        (None, None) => return Err("output.webhook needs `url` or `url_file`".into()),
+    };
+    let path = if file.is_absolute() {
+        file.clone()
+    } else {
+        match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => std::path::Path::new(&dir).join(file),
+            None => {
+                return Err(format!(
+                    "output.webhook.url_file = {file:?} is a bare name, which is read from \
+                     systemd's credentials ($CREDENTIALS_DIRECTORY), but there are none: add \
+                     LoadCredential={}:/etc/homeserver-sensor/{} to the unit, or give an \
+                     absolute path",
+                    file.display(),
+                    file.display()
+                ));
+            }
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "output.webhook.url_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    let url = text.trim().to_owned();
+    check_url(&url)
+        .map_err(|why| format!("output.webhook.url_file {}: the URL {why}", path.display()))?;
+    Ok(url)
+}
+
 /// The body POSTed for one alert.
 pub fn body(alert: &AlertRecord) -> Vec<u8> {
     let mut value =
@@ -80,13 +118,17 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts the sender thread.
-    pub fn start(config: &config::Webhook, counters: Arc<Counters>) -> std::io::Result<Self> {
+    /// Starts the sender thread, posting to `url` (see [`resolve_url`]).
+    pub fn start(
+        config: &config::Webhook,
+        url: String,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let give_up_after = Arc::new(AtomicU64::new(u64::MAX));
         let epoch = Instant::now();
         let sender = Sender {
-            url: config.url.clone(),
+            url,
             agent: agent(Duration::from_millis(config.timeout_ms)),
             counters: counters.clone(),
             give_up_after: give_up_after.clone(),

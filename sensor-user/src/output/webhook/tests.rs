@@ -77,21 +77,24 @@ fn endpoint(status: u16) -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
 
 fn config(url: String) -> config::Webhook {
     config::Webhook {
-        url,
+        url: Some(url),
+        url_file: None,
         min_severity: Severity::Warning,
         timeout_ms: 2000,
     }
+}
+
+fn start(url: String, counters: &Arc<Counters>) -> Webhook {
+    let c = config(url);
+    let url = resolve_url(&c).unwrap();
+    Webhook::start(&c, url, counters.clone()).unwrap()
 }
 
 #[test]
 fn posts_the_alert_record_with_a_text_line() {
     let (addr, bodies) = endpoint(200);
     let counters = Arc::new(Counters::default());
-    let hook = Webhook::start(
-        &config(format!("http://{addr}/hook/secret")),
-        counters.clone(),
-    )
-    .unwrap();
+    let hook = start(format!("http://{addr}/hook/secret"), &counters);
     hook.send(&alert(Severity::Critical));
     hook.send(&alert(Severity::Info)); // under min_severity: not sent, not a loss
     hook.stop(Duration::from_secs(5));
@@ -116,11 +119,7 @@ fn posts_the_alert_record_with_a_text_line() {
 fn an_endpoint_that_refuses_counts_as_failed_after_every_attempt() {
     let (addr, bodies) = endpoint(500);
     let counters = Arc::new(Counters::default());
-    let hook = Webhook::start(
-        &config(format!("http://{addr}/hook/secret")),
-        counters.clone(),
-    )
-    .unwrap();
+    let hook = start(format!("http://{addr}/hook/secret"), &counters);
     hook.send(&alert(Severity::Warning));
     hook.stop(Duration::from_secs(10));
     assert_eq!(counters.sent.load(Ordering::Relaxed), 0);
@@ -136,11 +135,7 @@ fn a_dead_endpoint_is_given_up_at_stop_and_counted() {
         .local_addr()
         .unwrap();
     let counters = Arc::new(Counters::default());
-    let hook = Webhook::start(
-        &config(format!("http://{addr}/hook/secret")),
-        counters.clone(),
-    )
-    .unwrap();
+    let hook = start(format!("http://{addr}/hook/secret"), &counters);
     for _ in 0..3 {
         hook.send(&alert(Severity::Warning));
     }
@@ -159,11 +154,7 @@ fn a_dead_endpoint_is_given_up_at_stop_and_counted() {
 fn a_full_queue_is_counted() {
     let (addr, _bodies) = endpoint(200);
     let counters = Arc::new(Counters::default());
-    let hook = Webhook::start(
-        &config(format!("http://{addr}/hook/secret")),
-        counters.clone(),
-    )
-    .unwrap();
+    let hook = start(format!("http://{addr}/hook/secret"), &counters);
     let n = QUEUE + 50;
     for _ in 0..n {
         hook.send(&alert(Severity::Warning));
@@ -177,6 +168,27 @@ fn a_full_queue_is_counted() {
         n as u64,
         "every alert is sent or counted"
     );
+}
+
+#[test]
+fn the_url_can_come_from_a_file_and_errors_never_show_it() {
+    let dir = std::env::temp_dir().join(format!("hs-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("webhook-url");
+    std::fs::write(&file, "https://hookshot.example.org/webhook/s3cr3t\n").unwrap();
+    let mut c = config(String::new());
+    c.url = None;
+    c.url_file = Some(file.clone());
+    assert_eq!(
+        resolve_url(&c).unwrap(),
+        "https://hookshot.example.org/webhook/s3cr3t"
+    );
+    std::fs::write(&file, "ftp://s3cr3t/\n").unwrap();
+    let err = resolve_url(&c).unwrap_err();
+    assert!(err.contains("http") && !err.contains("s3cr3t"), "{err}");
+    c.url_file = Some(dir.join("missing"));
+    assert!(resolve_url(&c).unwrap_err().contains("cannot read"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
