@@ -80,7 +80,11 @@ pub fn detach_link_of(prog_id: u32) {
     attr[0] = link.id();
     // SAFETY: a valid bpf_attr prefix with its size.
     let fd = unsafe { libc::syscall(libc::SYS_bpf, 30, attr.as_mut_ptr(), 16u32) };
-    assert!(fd >= 0, "BPF_LINK_GET_FD_BY_ID: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_LINK_GET_FD_BY_ID: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: a new fd we own.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
     // BPF_LINK_DETACH (34): `link_fd` first.

@@ -13,11 +13,17 @@ use std::{
 mod agent;
 mod cgroup;
 mod client;
+mod homeserver;
 mod process;
 
 pub use agent::{Agent, agent_start_error, connection_of, read_records};
 pub use cgroup::{Cgroup, cgroup_program_count, cgroup_program_ids, detach_link_of};
 pub use client::{Client, synapse_token, test_server_response_len};
+pub use homeserver::{
+    AccessLogEntry, Homeserver, HomeserverOptions, HttpResponse, Media, MediaKind,
+    REGISTRATION_SHARED_SECRET, Role, Room, SERVER_NAME, SYNAPSE_VERSION, Seed, User, http_request,
+    parse_access_log_line, synapse_venv,
+};
 pub use process::{FakeSynapse, Nginx, Process, Server, sibling_binary};
 
 /// Fails the test early, with a clear message, when not run as root.
