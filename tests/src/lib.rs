@@ -15,6 +15,7 @@ mod cgroup;
 mod client;
 mod homeserver;
 mod process;
+mod scenario;
 
 pub use agent::{Agent, agent_start_error, connection_of, read_records};
 pub use cgroup::{Cgroup, cgroup_program_count, cgroup_program_ids, detach_link_of};
@@ -25,6 +26,11 @@ pub use homeserver::{
     parse_access_log_line, synapse_venv,
 };
 pub use process::{FakeSynapse, Nginx, Process, Server, sibling_binary};
+pub use scenario::{
+    AdminReport, Auth, BenignReport, Breadth, DirectReport, Exchange, HarvestReport, MediaReport,
+    Milestone, Response, RoomReport, SEARCH_TERMS, ScrapeReport, Session, Tally, abuse_admin,
+    benign, direct_keepalive, encode, harvest, redact, scrape,
+};
 
 /// Fails the test early, with a clear message, when not run as root.
 pub fn require_root() {

@@ -24,6 +24,19 @@ impl Agent {
         for arg in &targets.cgroups {
             let (rel, _) = discover::resolve_cgroup_arg(&self.cgroup_mount, arg)?;
             let pids = discover::cgroup_procs(&self.cgroup_mount, &rel)?;
+            // The first Synapse of the cgroup names the configuration (for server_name),
+            // as in discovery; only until server_name is known.
+            if configs.is_empty() && self.attribution.server_name.is_none() {
+                configs = pids
+                    .iter()
+                    .filter_map(|&pid| {
+                        let info = discover::describe_pid(proc_root, pid).ok()?;
+                        let paths = absolute_configs(proc_root, pid, &info.config_paths);
+                        (!paths.is_empty()).then_some(paths)
+                    })
+                    .next()
+                    .unwrap_or_default();
+            }
             groups.insert(
                 rel.clone(),
                 Group {
