@@ -57,17 +57,22 @@ pub fn emit(
         count_drop(drop_place);
         return false;
     };
-    entry.write(ConnEvent {
-        kind: event_kind,
-        tgid,
-        cookie,
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        tuple: *tuple,
-        stats: *stats,
-        tcp_bytes_received: tcp_counts.0,
-        tcp_bytes_acked: tcp_counts.1,
-    });
+    // Field by field into the reserved record: a `ConnEvent` built on the stack first
+    // (200 bytes) would push the callers past the 512-byte combined stack limit of kernels
+    // without per-subprogram stacks (before 6.13 on x86_64; Debian 12's 6.1 refused
+    // the ingress program with "combined stack size of 3 calls is 544").
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to the reserved, writable record of the right size.
+    unsafe {
+        (*event).kind = event_kind;
+        (*event).tgid = tgid;
+        (*event).cookie = cookie;
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).tuple = *tuple;
+        (*event).stats = *stats;
+        (*event).tcp_bytes_received = tcp_counts.0;
+        (*event).tcp_bytes_acked = tcp_counts.1;
+    }
     entry.submit(0);
     true
 }
@@ -92,16 +97,19 @@ pub fn close(cookie: u64, tuple: &Tuple, tcp_counts: (u64, u64)) {
         count_drop(Drop::CloseUntracked);
         return;
     };
-    // SAFETY: `stats` points into a live map value; copied before the delete.
-    let copy = unsafe { *stats };
-    if emit(
-        kind::CONN_CLOSE,
-        cookie,
-        copy.tgid,
-        tuple,
-        &copy,
-        tcp_counts,
-    ) {
+    // SAFETY: `stats` points into a live map value, deleted only after the event has its
+    // copy of the counters.
+    let sent = unsafe {
+        emit(
+            kind::CONN_CLOSE,
+            cookie,
+            (*stats).tgid,
+            tuple,
+            &*stats,
+            tcp_counts,
+        )
+    };
+    if sent {
         let _ = CONNS.remove(cookie);
     } else {
         // Keep the final counters where the agent's sweep will find them.
