@@ -103,6 +103,8 @@ pub enum AgentError {
     Webhook(#[source] std::io::Error),
     #[error("{0}")]
     WebhookUrl(String),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// Configurations to apply while running, in order (the binary sends one per SIGHUP), or
@@ -155,6 +157,8 @@ struct Agent {
     webhook_counters: Arc<webhook::Counters>,
     /// Keeps the kernel's BPF statistics on (`metrics.program_stats`).
     stats: Option<std::os::fd::OwnedFd>,
+    /// What each token and address reached, kept on disk (`[ledger]`).
+    ledger: crate::ledger::Ledger,
 }
 
 /// Runs the agent until `shutdown` completes or the duration elapses.
@@ -220,7 +224,9 @@ pub async fn run_reloadable(
     } else {
         (None, None)
     };
+    let ledger = crate::ledger::Ledger::open(&opts.config.ledger)?;
     let mut agent = Agent {
+        ledger,
         conns: Connections::new(
             opts.proc_root.clone(),
             clock,
@@ -412,6 +418,10 @@ impl Agent {
         if config.attribution.server_name.is_some() {
             self.attribution.server_name = config.attribution.server_name.clone();
         }
+        let restart = self.ledger.reload(&self.opts.config.ledger);
+        if !restart.is_empty() {
+            tracing::warn!("{restart:?} changed: the ledger keeps its place until a restart");
+        }
         let (webhook, stats) = (
             config.output.webhook != old.output.webhook,
             config.metrics.program_stats != old.metrics.program_stats,
@@ -552,6 +562,8 @@ impl Agent {
         let alerts = self
             .detector
             .observe_request(now_ms(), &Observation::from(&record));
+        let ts = crate::ledger::record_time_ms(&record.ts).unwrap_or_else(now_ms);
+        self.ledger.observe(&record, ts);
         self.write(&Record::Request(record))?;
         self.alerts(alerts)
     }
@@ -597,6 +609,9 @@ impl Agent {
     fn housekeeping(&mut self, drops: BTreeMap<String, u64>) -> Result<(), AgentError> {
         let now = now_ms();
         self.detector.expire(now);
+        if let Err(e) = self.ledger.tick(now) {
+            tracing::warn!("{e}");
+        }
         let health = Health {
             drops,
             detached: self.check_attached()?,
@@ -713,6 +728,7 @@ impl Agent {
         drops.insert("decode_error".into(), self.summary.decode_errors);
         drops.insert("owner_unresolved".into(), self.conns.unresolved);
         drops.insert("conn_evicted".into(), self.conns.evicted);
+        drops.insert("ledger_lost".into(), self.ledger.stats().lost);
         let hook = &self.webhook_counters;
         let (failed, full) = (
             hook.failed.load(std::sync::atomic::Ordering::Relaxed),
@@ -777,6 +793,7 @@ impl Agent {
                 .chain([("damaged".to_string(), self.requests.damaged)])
                 .collect(),
             reload: None,
+            ledger: Some(self.ledger.stats()),
         };
         Ok(record)
     }
@@ -799,6 +816,9 @@ impl Agent {
                 .flat_map(|w| w.group.pids.clone())
                 .collect();
             self.process_records(&pids, false)?;
+        }
+        if let Err(e) = self.ledger.flush() {
+            tracing::warn!("{e}");
         }
         // Alerts still queued get one timeout's grace; what is left is counted as lost.
         if let Some(hook) = self.webhook.take() {

@@ -44,6 +44,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub kernel: Kernel,
     pub output: Output,
+    pub ledger: crate::ledger::LedgerConfig,
 }
 
 /// Which processes are watched when no `--pid`/`--cgroup` is given.
@@ -301,6 +302,11 @@ impl Config {
                 "\"\"".into(),
                 "must be a file path or \"-\" for stdout",
             ));
+        }
+        if let Err(crate::ledger::LedgerConfigError::Value { key, value, why }) =
+            self.ledger.validate()
+        {
+            return Err(bad(&format!("ledger.{key}"), value, &why));
         }
         if let Some(hook) = &self.output.webhook {
             match (&hook.url, &hook.url_file) {

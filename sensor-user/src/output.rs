@@ -155,6 +155,9 @@ pub struct SensorRecord {
     pub heads: BTreeMap<String, u64>,
     /// Where Prometheus metrics are served (`GET /metrics`), if they are.
     pub metrics: Option<String>,
+    /// The ledger's state (`[ledger]`): size on disk, requests, pruning, errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<crate::ledger::LedgerStats>,
     /// `phase: "reload"` only: what the reload changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadRecord>,

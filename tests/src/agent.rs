@@ -23,6 +23,7 @@ pub struct Agent {
     reload: tokio::sync::mpsc::UnboundedSender<Result<Config, String>>,
     /// The key file and metrics address the fixture chose, kept across reloads.
     key_file: PathBuf,
+    ledger_dir: PathBuf,
     metrics_listen: String,
     thread: Option<JoinHandle<Result<Summary, String>>>,
     _dir: TempDir,
@@ -42,6 +43,9 @@ impl Agent {
             // Tests never touch the installation's key.
             config.attribution.key_file = dir.path.join("fingerprint.key");
         }
+        if config.ledger.dir == Path::new(homeserver_sensor::ledger::DEFAULT_DIR) {
+            config.ledger.dir = dir.path.join("ledger");
+        }
         let opts = RunOptions {
             config,
             targets,
@@ -50,6 +54,7 @@ impl Agent {
             proc_root: PathBuf::from("/proc"),
         };
         let key_file = opts.config.attribution.key_file.clone();
+        let ledger_dir = opts.config.ledger.dir.clone();
         let metrics_listen = opts.config.metrics.listen.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
@@ -69,6 +74,7 @@ impl Agent {
             stop: Some(tx),
             reload,
             key_file,
+            ledger_dir,
             metrics_listen,
             thread: Some(thread),
             _dir: dir,
@@ -108,6 +114,7 @@ impl Agent {
     pub fn reload(&mut self, config: Config) -> Value {
         let mut config = config;
         config.attribution.key_file = self.key_file.clone();
+        config.ledger.dir = self.ledger_dir.clone();
         config.metrics.listen = self.metrics_listen.clone();
         self.send_reload(Ok(config))
     }
@@ -207,6 +214,7 @@ pub fn agent_start_error(targets: Targets) -> String {
     let dir = TempDir::new("err");
     let mut config = Config::default();
     config.attribution.key_file = dir.path.join("fingerprint.key");
+    config.ledger.dir = dir.path.join("ledger");
     config.metrics.listen = "127.0.0.1:0".into();
     let opts = RunOptions {
         config,

@@ -26,8 +26,9 @@ fn run_in(dir: &TempDir) -> Command {
     std::fs::write(
         &config,
         format!(
-            "[attribution]\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            key.display().to_string()
+            "[attribution]\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[ledger]\ndir = {:?}\n",
+            key.display().to_string(),
+            dir.path.join("ledger").display().to_string()
         ),
     )
     .expect("write config");

@@ -310,8 +310,9 @@ fn raw_tokens_never_leave_the_agent() {
     std::fs::write(
         &config,
         format!(
-            "[attribution]\ntrusted_proxies = [\"127.0.0.1/32\"]\nserver_name = \"test.example\"\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path.join("state/fingerprint.key").display().to_string()
+            "[attribution]\ntrusted_proxies = [\"127.0.0.1/32\"]\nserver_name = \"test.example\"\nkey_file = {:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[ledger]\ndir = {:?}\n",
+            dir.path.join("state/fingerprint.key").display().to_string(),
+            dir.path.join("state/ledger").display().to_string()
         ),
     )
     .unwrap();
@@ -360,9 +361,21 @@ fn raw_tokens_never_leave_the_agent() {
     assert!(status.success());
     let mut written = std::fs::read(&events).unwrap();
     written.extend(std::fs::read(&log).unwrap());
-    for entry in std::fs::read_dir(dir.path.join("state")).unwrap() {
-        written.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    // Every file of the state directory, the ledger's segments included.
+    let mut dirs = vec![dir.path.join("state")];
+    let mut files = 0;
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files += 1;
+                written.extend(std::fs::read(path).unwrap());
+            }
+        }
     }
+    assert!(files >= 2, "the key and at least one ledger segment");
     let text = String::from_utf8_lossy(&written);
     assert!(
         text.contains("\"kind\":\"request\""),

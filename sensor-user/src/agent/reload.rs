@@ -55,6 +55,25 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Outcome) {
         running.output.webhook != new.output.webhook,
     );
     merged.output.webhook = new.output.webhook.clone();
+    for (key, changed) in [
+        (
+            "ledger.retention_days",
+            running.ledger.retention_days != new.ledger.retention_days,
+        ),
+        (
+            "ledger.max_bytes",
+            running.ledger.max_bytes != new.ledger.max_bytes,
+        ),
+        (
+            "ledger.flush_s",
+            running.ledger.flush_s != new.ledger.flush_s,
+        ),
+    ] {
+        live(key, changed);
+    }
+    merged.ledger.retention_days = new.ledger.retention_days;
+    merged.ledger.max_bytes = new.ledger.max_bytes;
+    merged.ledger.flush_s = new.ledger.flush_s;
     live(
         "metrics.program_stats",
         running.metrics.program_stats != new.metrics.program_stats,
@@ -99,6 +118,11 @@ pub fn merge(running: &Config, new: &Config) -> (Config, Outcome) {
             running.kernel.ring_buffer_bytes != new.kernel.ring_buffer_bytes,
         ),
         ("output.events", running.output.events != new.output.events),
+        (
+            "ledger.enabled",
+            running.ledger.enabled != new.ledger.enabled,
+        ),
+        ("ledger.dir", running.ledger.dir != new.ledger.dir),
     ];
     outcome.needs_restart = restart
         .into_iter()

@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Load the kernel programs, watch the homeserver and write JSON lines.
     Run(RunArgs),
+    /// What a user, a token fingerprint or a client address reached, from the ledger.
+    Report(homeserver_sensor::report::ReportArgs),
     /// Check a configuration file and explain every error.
     CheckConfig {
         /// The file to check.
@@ -72,6 +74,7 @@ fn main() -> std::process::ExitCode {
             .map(|_| println!("{}: OK", file.display()))
             .map_err(anyhow::Error::from),
         Command::Run(args) => run(args),
+        Command::Report(args) => report(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -103,6 +106,15 @@ impl ConfigSource {
         }
         Ok(config)
     }
+}
+
+fn report(args: &homeserver_sensor::report::ReportArgs) -> anyhow::Result<()> {
+    let dir = match &args.ledger_dir {
+        Some(dir) => dir.clone(),
+        None => Config::load(args.config.as_deref())?.ledger.dir,
+    };
+    homeserver_sensor::report::run(args, &dir, &mut std::io::stdout().lock())?;
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -1,0 +1,748 @@
+//! The ledger: a durable, bounded record of what each access token and each client address
+//! reached, for `homeserver-sensor report` to answer "what did this token (this user, this
+//! address) touch, when, and how much" after the fact, across agent restarts.
+//!
+//! # What is kept
+//! For every subject, a token fingerprint or a client address, and every UTC hour in which
+//! it made requests: requests, bytes in and out, first and last request, by endpoint name
+//! (`client.messages`, `media.download`, ...: every request counts there once, so these
+//! sum to the totals); the rooms it read (history, members, state, context), joined, or
+//! touched otherwise; the media it fetched (downloads and thumbnails, as
+//! `server/media_id`) or touched otherwise; the users it looked up (profiles, admin user
+//! endpoints); for a token, the users it belonged to and the client addresses it came
+//! from; for an address, the tokens used from it (`-`: none) and their users. Each entry has
+//! its own counts and first and last request, to the millisecond. A request with no token
+//! counts for its address only, one with no address for its token only, one with neither
+//! for neither (counted in [`LedgerStats::unattributed`]). User-directory searches count
+//! under their endpoint (`client.user_directory`): the search terms are in the request body,
+//! which the sensor never sees.
+//!
+//! # On disk
+//! A directory (`[ledger] dir`, created `0700`; the agent refuses one open to group or
+//! others, since it says who read what) of segment files, one per UTC hour of request time,
+//! `YYYY-MM-DDTHH.jsonl`, mode `0600`, each a header line then JSON lines:
+//!
+//! ```text
+//! {"ledger":1,"hour":"2026-09-21T14:00:00.000Z","compacted":true }
+//! {"token":"tfp_3f1c9a0b27d4e865","users":{"@mallory:example.org":[212,63600,10645000,800000,3599000]},"addresses":{"203.0.113.7":[212,...]},"endpoints":{"client.messages":[200,60000,10045000,800000,3599000],"media.download":[12,3600,600000,801000,812000]},"rooms_read":{"!a:example.org":[200,60000,10045000,800000,3599000]},"media":{"example.org/abc":[1,300,50000,801000,801000],...}}
+//! {"address":"203.0.113.7","tokens":{"tfp_3f1c9a0b27d4e865":[212,...]},"users":{...},"endpoints":{...},...}
+//! ```
+//!
+//! Every entry is `[requests, bytes_in, bytes_out, first, last]`, the times in milliseconds
+//! from the start of the hour. A line lists at most [`ITEM_CAP`] items (every kind
+//! together); past that an item's requests still count in `over` and `over_items` ("N more
+//! items not listed"), so totals stay exact. Peers (users, addresses, tokens) are capped at
+//! [`PEER_CAP`] per line in the same way (`over_users`, `over_peers`).
+//!
+//! Readers sum every line of a subject: a segment may hold several lines per subject.
+//!
+//! # Writing, and what a crash loses
+//! [`Ledger::observe`] adds a request to the pending lines of its (hour, subject), in
+//! memory. Every `flush_s` seconds (5) [`Ledger::tick`] appends the pending lines to their
+//! hour's segment in one write, `fsync`s it and forgets them: a crash loses at most the
+//! requests of the last `flush_s` seconds (and a line cut by the crash, which stays in the
+//! file as one unreadable line that readers skip and count); [`Ledger::flush`] at a clean
+//! stop loses nothing. A write that fails is cut back to the file's previous length and
+//! retried at the next flush; if it cannot be cut back, its requests are dropped and counted
+//! as `lost` rather than risk counting them twice.
+//!
+//! A closed hour (nothing appended to it for ten minutes after its end) is compacted in a
+//! background thread: its lines are merged to one per subject, written to a temporary file,
+//! `fsync`ed and renamed over the segment, so a crash leaves the old file or the new one.
+//! A request that finishes after its hour was compacted is appended as usual and the hour
+//! is compacted again. A lock on `<dir>/.lock` keeps a second agent out.
+//!
+//! # Time granularity
+//! Times are exact to the millisecond for every entry (first and last request); counts are
+//! per hour once the hour is compacted (per flush before that). A report range cuts entries
+//! by their own times: an entry counts when its first-to-last span overlaps the range. One
+//! that lies wholly inside is exact; one that straddles an edge of the range (it has
+//! requests on both sides of the edge within one hour) is counted whole, and the report
+//! says how many such entries there were (`straddling`). An item fetched once is always
+//! exact, and a range on whole hours is always exact.
+//!
+//! # Retention
+//! - Age: a segment whose hour ended more than `retention_days` (90) ago is deleted.
+//! - Size: while the segments add up to more than `max_bytes` (1 GiB), the oldest is
+//!   deleted. The current and the previous hour are never deleted for size, so the budget
+//!   can be exceeded by at most those two hours.
+//! - Every deletion is logged and counted ([`LedgerStats`]: `pruned_segments_age`,
+//!   `pruned_segments_size`, `pruned_bytes`); requests older than the retention when they
+//!   are observed are counted as `stale` and not kept.
+//!
+//! # Memory
+//! Only the lines pending for the next flush are in memory (a few seconds of traffic). If
+//! writes keep failing they are kept for retry up to [`MAX_PENDING_REQUESTS`] requests;
+//! past that new requests are counted as `lost`. Compaction reads one hour at a time.
+//!
+//! # Measured
+//! The `sizes` test (`cargo test --release -p homeserver-sensor --lib ledger::tests::sizes
+//! -- --nocapture`) feeds synthetic streams and prints, per 1,000 requests on disk:
+//!
+//! | stream | open hour (one line per subject and flush) | compacted hour |
+//! | --- | --- | --- |
+//! | scraper: every request a distinct room or piece of media | 81 KB | 65 KB |
+//! | benign: 40 clients, a /sync every 30 s, a few rooms and avatars | 134 KB | 8.3 KB |
+//!
+//! So 1 GiB holds about 16 million scraper requests or 130 million benign ones once
+//! compacted: ninety days of a homeserver averaging 15 requests a second. A busier one
+//! reaches `max_bytes` first and keeps less than `retention_days` (raise `max_bytes`).
+//! Each item is listed twice, under the token and under the address, so that both reports
+//! stand alone. `observe` costs about 1 µs per request in a release build (0.75 to 1.9 µs
+//! measured, the scraper's new items costing most); a flush costs one `write` and one
+//! `fdatasync` per hour written to.
+
+mod config;
+pub(crate) mod line;
+pub(crate) mod segment;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+
+pub use config::{DEFAULT_DIR, LedgerConfig, LedgerConfigError};
+pub use line::{ITEM_CAP, PEER_CAP};
+
+use line::{Line, NONE};
+use segment::{Compacted, HOUR_MS};
+
+use crate::identity::Fingerprint;
+use crate::output::RequestRecord;
+
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A closed hour is compacted once nothing was appended to it for this long (10 min):
+/// requests that finish shortly after the hour do not make it compacted twice.
+const QUIET_MS: u64 = 10 * 60 * 1000;
+
+/// After a compaction fails, the hour is tried again after this long (1 h).
+const COMPACT_RETRY_MS: u64 = HOUR_MS;
+
+/// Requests kept in memory, not yet written, at most: while writes fail (a full disk),
+/// four minutes of a homeserver serving a thousand requests a second, about 50 MB at worst
+/// (every request a new item). Past it, requests are counted as lost.
+pub const MAX_PENDING_REQUESTS: u64 = 250_000;
+
+/// The ledger cannot be opened, written or pruned. Each message says what failed and what
+/// the agent does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot create the ledger directory {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("the ledger directory {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "the ledger directory {} has mode {mode:04o}, open to group or others, and the ledger \
+         says who read what; run `chmod 700 {}`",
+        path.display(), path.display()
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "the ledger directory {} is in use by another homeserver-sensor (it holds {}); stop \
+         that one or give this one another [ledger] dir",
+        path.display(), path.join(".lock").display()
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot read the ledger directory {}: {source}", path.display())]
+    ReadDir { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot write ledger segment {}: {source}; its lines stay in memory and are written \
+         again at the next flush", path.display()
+    )]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot write ledger segment {}: {source}, and the partial write could not be undone; \
+         {requests} requests are dropped from the ledger (counted as lost) rather than \
+         counted twice", path.display()
+    )]
+    WriteLost {
+        path: PathBuf,
+        source: io::Error,
+        requests: u64,
+    },
+    #[error("cannot delete ledger segment {} ({why}): {source}", path.display())]
+    Prune {
+        path: PathBuf,
+        why: &'static str,
+        source: io::Error,
+    },
+}
+
+/// The ledger's own counters, for the `sensor` record and the metrics. Counts are since the
+/// agent started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerStats {
+    pub enabled: bool,
+    /// Bytes of segment files on disk (as far as this agent knows).
+    pub bytes: u64,
+    pub segments: u64,
+    /// Requests added to the ledger.
+    pub requests: u64,
+    /// Requests with neither a token nor a client address: nothing to file them under.
+    pub unattributed: u64,
+    /// Requests older than `retention_days` when observed: not kept.
+    pub stale: u64,
+    /// Requests dropped: too many waiting while writes failed, or a failed write that could
+    /// not be undone.
+    pub lost: u64,
+    /// (hour, subject) lines waiting for the next flush, and their requests.
+    pub pending_lines: u64,
+    pub pending_requests: u64,
+    /// Item entries not listed because a line reached `ITEM_CAP` (their requests and bytes
+    /// are still counted).
+    pub items_over_cap: u64,
+    pub pruned_segments_age: u64,
+    pub pruned_segments_size: u64,
+    pub pruned_bytes: u64,
+    pub write_errors: u64,
+    pub compactions: u64,
+    pub compaction_errors: u64,
+    /// Partial lines found at the end of a segment (a crash in the middle of a write),
+    /// ended so that readers skip them as one unreadable line.
+    pub torn_lines: u64,
+}
+
+/// The durable ledger. Feed it finished requests with [`observe`](Self::observe), call
+/// [`tick`](Self::tick) about once a second and [`flush`](Self::flush) at stop. With
+/// `enabled = false` every call does nothing.
+pub struct Ledger {
+    inner: Option<Inner>,
+}
+
+/// The pending lines of one hour.
+#[derive(Default)]
+struct Pending {
+    tokens: HashMap<Fingerprint, Line>,
+    addresses: HashMap<String, Line>,
+    requests: u64,
+}
+
+/// What the agent knows of one segment file.
+#[derive(Debug, Default)]
+struct Segment {
+    bytes: u64,
+    /// Its header says compacted (an append turns it off).
+    compacted: bool,
+    /// This process has looked at its end and header.
+    checked: bool,
+    last_append_ms: u64,
+    /// Do not try to compact it before this time (after a failure).
+    retry_after_ms: u64,
+}
+
+/// Why a segment is deleted.
+#[derive(Clone, Copy)]
+enum Prune {
+    Age,
+    Size,
+}
+
+impl Prune {
+    fn reason(self) -> &'static str {
+        match self {
+            Prune::Age => "older than ledger.retention_days",
+            Prune::Size => "the ledger is over ledger.max_bytes",
+        }
+    }
+}
+
+struct Compaction {
+    hour: u64,
+    handle: JoinHandle<io::Result<Compacted>>,
+}
+
+struct Inner {
+    config: LedgerConfig,
+    /// Holds the `flock` on `<dir>/.lock` while open.
+    _lock: File,
+    pending: BTreeMap<u64, Pending>,
+    pending_requests: u64,
+    segments: BTreeMap<u64, Segment>,
+    compacting: Option<Compaction>,
+    /// The latest time given to `tick`.
+    clock_ms: u64,
+    last_flush_ms: Option<u64>,
+    stats: LedgerStats,
+}
+
+impl Ledger {
+    /// Opens (creating it `0700` if needed) the ledger directory and indexes its segments.
+    /// Leftovers of a compaction cut by a crash are removed.
+    pub fn open(config: &LedgerConfig) -> Result<Ledger, LedgerError> {
+        if !config.enabled {
+            return Ok(Ledger { inner: None });
+        }
+        let dir = &config.dir;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| LedgerError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let read_dir = |source| LedgerError::ReadDir {
+            path: dir.clone(),
+            source,
+        };
+        let meta = fs::metadata(dir).map_err(read_dir)?;
+        if !meta.is_dir() {
+            return Err(LedgerError::NotADirectory { path: dir.clone() });
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(LedgerError::Permissions {
+                path: dir.clone(),
+                mode,
+            });
+        }
+        let lock = lock(dir)?;
+        let mut segments = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(read_dir)? {
+            let entry = entry.map_err(read_dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let leftover = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .and_then(segment::parse_name);
+            if leftover.is_some() {
+                // A compaction cut by a crash: the segment itself is intact.
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e,
+                        "cannot remove a leftover ledger file");
+                }
+            }
+        }
+        for (hour, (path, bytes)) in segment::list(dir).map_err(read_dir)? {
+            let compacted = segment::is_compacted(&path).unwrap_or(false);
+            segments.insert(
+                hour,
+                Segment {
+                    bytes,
+                    compacted,
+                    ..Segment::default()
+                },
+            );
+        }
+        let stats = LedgerStats {
+            enabled: true,
+            ..LedgerStats::default()
+        };
+        Ok(Ledger {
+            inner: Some(Inner {
+                config: config.clone(),
+                _lock: lock,
+                pending: BTreeMap::new(),
+                pending_requests: 0,
+                segments,
+                compacting: None,
+                clock_ms: 0,
+                last_flush_ms: None,
+                stats,
+            }),
+        })
+    }
+
+    /// Adds one finished request, made at `ts_ms` (milliseconds since the epoch; the time of
+    /// its head, see [`record_time_ms`], is what the report shows).
+    pub fn observe(&mut self, req: &RequestRecord, ts_ms: u64) {
+        if let Some(inner) = &mut self.inner {
+            inner.observe(req, ts_ms);
+        }
+    }
+
+    /// Once a second: writes the pending lines when `flush_s` has passed, deletes what the
+    /// retention says, and starts or collects a compaction. An error is for the log: the
+    /// ledger keeps going (and counts it).
+    pub fn tick(&mut self, now_ms: u64) -> Result<(), LedgerError> {
+        match &mut self.inner {
+            Some(inner) => inner.tick(now_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes every pending line now (at stop), after waiting for a running compaction.
+    pub fn flush(&mut self) -> Result<(), LedgerError> {
+        match &mut self.inner {
+            Some(inner) => {
+                inner.collect_compaction(true);
+                inner.flush(None)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a new configuration (SIGHUP): `retention_days`, `max_bytes` and `flush_s`
+    /// take effect at the next tick; `enabled` and `dir` need a restart (the running values
+    /// stay). Returns the keys that changed and need a restart.
+    pub fn reload(&mut self, config: &LedgerConfig) -> Vec<&'static str> {
+        let mut restart = Vec::new();
+        let running_enabled = self.inner.is_some();
+        if config.enabled != running_enabled {
+            restart.push("ledger.enabled");
+        }
+        if let Some(inner) = &mut self.inner {
+            if config.dir != inner.config.dir {
+                restart.push("ledger.dir");
+            }
+            inner.config.retention_days = config.retention_days;
+            inner.config.max_bytes = config.max_bytes;
+            inner.config.flush_s = config.flush_s;
+        }
+        restart
+    }
+
+    pub fn stats(&self) -> LedgerStats {
+        match &self.inner {
+            Some(inner) => inner.stats(),
+            None => LedgerStats::default(),
+        }
+    }
+
+    /// A crash, for tests: what is pending is lost, as if the process died.
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        if let Some(inner) = &mut self.inner {
+            inner.pending.clear();
+            inner.pending_requests = 0;
+        }
+    }
+
+    /// The directory in use, when enabled.
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.as_ref().map(|i| i.config.dir.as_path())
+    }
+}
+
+impl Drop for Ledger {
+    /// A ledger dropped without `flush` still writes what it holds (best effort).
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "ledger: final flush failed");
+        }
+    }
+}
+
+/// The time of a request record (`ts`, the arrival of its head) in milliseconds since the
+/// epoch; `None` if it is not RFC 3339.
+pub fn record_time_ms(ts: &str) -> Option<u64> {
+    let t =
+        ::time::OffsetDateTime::parse(ts, &::time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Takes the lock on `<dir>/.lock`, held for as long as the file stays open.
+fn lock(dir: &Path) -> Result<File, LedgerError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|source| LedgerError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::WouldBlock {
+            LedgerError::Locked {
+                path: dir.to_owned(),
+            }
+        } else {
+            LedgerError::ReadDir {
+                path: dir.to_owned(),
+                source: e,
+            }
+        });
+    }
+    Ok(file)
+}
+
+impl Inner {
+    fn observe(&mut self, req: &RequestRecord, ts_ms: u64) {
+        if req.token.is_none() && req.client_ip.is_none() {
+            self.stats.unattributed += 1;
+            return;
+        }
+        let retention_ms = u64::from(self.config.retention_days) * DAY_MS;
+        if ts_ms.saturating_add(retention_ms) < self.clock_ms {
+            self.stats.stale += 1;
+            return;
+        }
+        if self.pending_requests >= MAX_PENDING_REQUESTS {
+            self.stats.lost += 1;
+            return;
+        }
+        let (hour, t) = (ts_ms / HOUR_MS, ts_ms % HOUR_MS);
+        let items = line::items_of(req);
+        let pending = self.pending.entry(hour).or_default();
+        let mut left_out = 0;
+        if let Some(token) = req.token {
+            let peer = req.client_ip.as_deref().unwrap_or(NONE);
+            let line = pending
+                .tokens
+                .entry(token)
+                .or_insert_with(|| Line::for_token(token));
+            left_out += line.record(req, t, &items, peer);
+        }
+        if let Some(ip) = &req.client_ip {
+            if !pending.addresses.contains_key(ip.as_str()) {
+                pending.addresses.insert(ip.clone(), Line::for_address(ip));
+            }
+            let peer = req.token.map(|t| t.to_string());
+            if let Some(line) = pending.addresses.get_mut(ip.as_str()) {
+                left_out += line.record(req, t, &items, peer.as_deref().unwrap_or(NONE));
+            }
+        }
+        pending.requests += 1;
+        self.pending_requests += 1;
+        self.stats.requests += 1;
+        self.stats.items_over_cap += left_out;
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Result<(), LedgerError> {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.collect_compaction(false);
+        let flush_ms = self.config.flush_s.saturating_mul(1000);
+        // A wall clock set back also makes a flush due, rather than none for that long.
+        let due = self
+            .last_flush_ms
+            .is_none_or(|last| now_ms < last || now_ms >= last.saturating_add(flush_ms));
+        let mut result = Ok(());
+        if due {
+            let hold = self.compacting.as_ref().map(|c| c.hour);
+            result = self.flush(hold);
+            self.last_flush_ms = Some(now_ms);
+        }
+        let pruned = self.prune(self.clock_ms);
+        self.start_compaction(self.clock_ms);
+        result.and(pruned)
+    }
+
+    /// Appends the pending lines of every hour but `hold` (being compacted).
+    fn flush(&mut self, hold: Option<u64>) -> Result<(), LedgerError> {
+        let hours: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|&h| Some(h) != hold)
+            .collect();
+        let mut result = Ok(());
+        for hour in hours {
+            if let Err(e) = self.write_hour(hour)
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn write_hour(&mut self, hour: u64) -> Result<(), LedgerError> {
+        let Some(pending) = self.pending.get(&hour) else {
+            return Ok(());
+        };
+        let mut body = Vec::new();
+        for line in pending.tokens.values().chain(pending.addresses.values()) {
+            // Maps with string keys and plain numbers: serialising cannot fail.
+            if serde_json::to_writer(&mut body, line).is_ok() {
+                body.push(b'\n');
+            }
+        }
+        let requests = pending.requests;
+        let dir = &self.config.dir;
+        let path = dir.join(segment::name(hour));
+        let seg = self.segments.entry(hour).or_default();
+        match segment::append(dir, hour, &body, !seg.checked, seg.compacted) {
+            Ok(done) => {
+                seg.bytes = done.len;
+                seg.checked = true;
+                seg.compacted = false;
+                seg.last_append_ms = self.clock_ms;
+                if done.torn {
+                    self.stats.torn_lines += 1;
+                    tracing::warn!(segment = %path.display(),
+                        "ledger: a partial line (a crash during a write) was ended; reports \
+                         skip it and count it");
+                }
+                self.pending.remove(&hour);
+                self.pending_requests -= requests;
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.write_errors += 1;
+                if e.rolled_back {
+                    return Err(LedgerError::Write {
+                        path,
+                        source: e.source,
+                    });
+                }
+                self.pending.remove(&hour);
+                self.pending_requests -= requests;
+                self.stats.lost += requests;
+                Err(LedgerError::WriteLost {
+                    path,
+                    source: e.source,
+                    requests,
+                })
+            }
+        }
+    }
+
+    /// Deletes segments past the retention, then the oldest while over `max_bytes`.
+    fn prune(&mut self, now_ms: u64) -> Result<(), LedgerError> {
+        let busy = self.compacting.as_ref().map(|c| c.hour);
+        let horizon = now_ms.saturating_sub(u64::from(self.config.retention_days) * DAY_MS);
+        let old: Vec<u64> = self
+            .segments
+            .keys()
+            .copied()
+            .filter(|&h| (h + 1) * HOUR_MS <= horizon && Some(h) != busy)
+            .collect();
+        let mut result = Ok(());
+        for hour in old {
+            let r = self.delete(hour, Prune::Age);
+            result = result.and(r);
+        }
+        let mut total: u64 = self.segments.values().map(|s| s.bytes).sum();
+        let current = now_ms / HOUR_MS;
+        while total > self.config.max_bytes {
+            let Some(hour) = self
+                .segments
+                .keys()
+                .copied()
+                .find(|&h| h + 1 < current && Some(h) != busy)
+            else {
+                break;
+            };
+            total -= self.segments.get(&hour).map_or(0, |s| s.bytes);
+            let r = self.delete(hour, Prune::Size);
+            result = result.and(r);
+        }
+        result
+    }
+
+    fn delete(&mut self, hour: u64, why: Prune) -> Result<(), LedgerError> {
+        let Some(seg) = self.segments.remove(&hour) else {
+            return Ok(());
+        };
+        let path = self.config.dir.join(segment::name(hour));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                // Forgotten until the next start rather than tried every second.
+                self.stats.write_errors += 1;
+                let why = why.reason();
+                return Err(LedgerError::Prune { path, why, source });
+            }
+        }
+        match why {
+            Prune::Age => self.stats.pruned_segments_age += 1,
+            Prune::Size => self.stats.pruned_segments_size += 1,
+        }
+        self.stats.pruned_bytes += seg.bytes;
+        tracing::info!(segment = %path.display(), bytes = seg.bytes,
+            "ledger: deleted a segment: {}", why.reason());
+        Ok(())
+    }
+
+    /// Starts compacting the oldest closed hour that needs it, if none is running.
+    fn start_compaction(&mut self, now_ms: u64) {
+        if self.compacting.is_some() {
+            return;
+        }
+        let found = self.segments.iter_mut().find(|(h, s)| {
+            !s.compacted
+                && now_ms >= (*h + 1) * HOUR_MS + QUIET_MS
+                && now_ms.saturating_sub(s.last_append_ms) >= QUIET_MS
+                && now_ms >= s.retry_after_ms
+        });
+        let Some((&hour, seg)) = found else {
+            return;
+        };
+        if self.pending.contains_key(&hour) {
+            return;
+        }
+        let dir = self.config.dir.clone();
+        match std::thread::Builder::new()
+            .name("ledger-compact".into())
+            .spawn(move || segment::compact(&dir, hour))
+        {
+            Ok(handle) => self.compacting = Some(Compaction { hour, handle }),
+            Err(e) => {
+                seg.retry_after_ms = now_ms + COMPACT_RETRY_MS;
+                self.stats.compaction_errors += 1;
+                tracing::warn!(error = %e, "ledger: cannot start a compaction thread");
+            }
+        }
+    }
+
+    /// Collects a finished compaction (or waits for it with `wait`).
+    fn collect_compaction(&mut self, wait: bool) {
+        match &self.compacting {
+            Some(c) if wait || c.handle.is_finished() => {}
+            _ => return,
+        }
+        let Some(Compaction { hour, handle }) = self.compacting.take() else {
+            return;
+        };
+        let outcome = handle
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the compaction thread panicked")));
+        let seg = self.segments.entry(hour).or_default();
+        match outcome {
+            Ok(done) => {
+                seg.bytes = done.bytes_after;
+                seg.compacted = true;
+                seg.checked = true;
+                self.stats.compactions += 1;
+                self.stats.items_over_cap += done.folded;
+                tracing::debug!(
+                    segment = segment::name(hour),
+                    before = done.bytes_before,
+                    after = done.bytes_after,
+                    unreadable = done.unreadable,
+                    "ledger: compacted an hour"
+                );
+            }
+            Err(e) => {
+                seg.retry_after_ms = self.clock_ms + COMPACT_RETRY_MS;
+                self.stats.compaction_errors += 1;
+                tracing::warn!(segment = segment::name(hour), error = %e,
+                    "ledger: cannot compact a segment; it stays readable as it is, \
+                     and is tried again in an hour");
+            }
+        }
+    }
+
+    fn stats(&self) -> LedgerStats {
+        let pending_lines = self
+            .pending
+            .values()
+            .map(|p| (p.tokens.len() + p.addresses.len()) as u64)
+            .sum();
+        LedgerStats {
+            bytes: self.segments.values().map(|s| s.bytes).sum(),
+            segments: self.segments.len() as u64,
+            pending_lines,
+            pending_requests: self.pending_requests,
+            ..self.stats.clone()
+        }
+    }
+}
