@@ -10,6 +10,7 @@ mod lint;
 mod run;
 mod test;
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +44,9 @@ enum Command {
     /// Lint the host crates (stable) and the kernel crate (nightly, BPF target) with
     /// warnings denied.
     Clippy(ebpf::Options),
+    /// Boot Debian kernels (x86_64, aarch64) under qemu and run the privileged tests inside
+    /// each, one kernel at a time (as root: installs qemu and cross tools when missing).
+    VmTest(vm::VmTestOptions),
 }
 
 fn main() {
@@ -54,6 +58,7 @@ fn main() {
         Command::Bench(opts) => bench::bench(&opts),
         Command::FmtCheck => lint::fmt_check(),
         Command::Clippy(opts) => lint::clippy(&opts),
+        Command::VmTest(opts) => vm::vm_test(&opts),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
