@@ -42,6 +42,8 @@
 
 mod alert;
 mod config;
+/// Sizes in configuration files: bytes, or digits and a unit (`"512 MiB"`, `"2 GB"`).
+pub(crate) use config::size;
 mod events;
 mod rules;
 mod subjects;

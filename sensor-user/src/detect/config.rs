@@ -15,7 +15,7 @@ mod validate;
 
 #[cfg(test)]
 pub(super) use validate::parse_size;
-use validate::size;
+pub(crate) use validate::size;
 
 pub(super) const KIB: u64 = 1024;
 pub(super) const MIB: u64 = 1024 * KIB;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -39,7 +39,7 @@ pub struct LedgerConfig {
     pub retention_days: u32,
     /// The oldest segments are deleted while the ledger is larger than this: an integer of
     /// bytes or a string such as `"1 GiB"`, `"500MB"`. See [`LedgerConfig::MAX_BYTES`].
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "crate::detect::size")]
     pub max_bytes: u64,
     /// Seconds between writes (each one `fsync`ed): what a crash can lose. See
     /// [`LedgerConfig::FLUSH_S`].
@@ -116,46 +116,4 @@ impl Default for LedgerConfig {
             flush_s: Self::FLUSH_S,
         }
     }
-}
-
-/// Reads a size: an integer of bytes, or a string of digits and a unit (B, KB, MB, GB, TB
-/// in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024), as `[detect]` sizes are read.
-fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Size::deserialize(deserializer)? {
-        Size::Bytes(n) => Ok(n),
-        Size::Text(text) => parse_size(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid size {text:?}: use bytes (1073741824) or a number and a unit \
-                 (\"1 GiB\", \"500MB\")"
-            ))
-        }),
-    }
-}
-
-pub(super) fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let unit = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "KiB" => KIB,
-        "MiB" => MIB,
-        "GiB" => GIB,
-        "TiB" => 1024 * GIB,
-        _ => return None,
-    };
-    n.checked_mul(unit)
 }

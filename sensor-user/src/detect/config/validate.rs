@@ -127,7 +127,7 @@ fn check_limits(
 
 /// Reads a size: an integer of bytes, or a string of digits and a unit (B, KB, MB, GB,
 /// TB in powers of 1000; KiB, MiB, GiB, TiB in powers of 1024).
-pub(super) fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+pub(crate) fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Size {
