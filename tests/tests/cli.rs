@@ -128,15 +128,7 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
     let cgroup = Cgroup::new("hup");
     let _server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let dir = TempDir::new("hup");
-    let events = dir.path.join("events.jsonl");
-    let mut child = run_in(&dir)
-        .args(["--events"])
-        .arg(&events)
-        .args(["--cgroup", &cgroup.rel])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sensor");
-    wait_for_start(&events);
+    let (mut child, events) = start_for_cgroup(&dir, &cgroup);
     let config = dir.path.join("config.toml");
     let original = std::fs::read_to_string(&config).unwrap();
     let reloads = |n: usize| {
@@ -157,8 +149,7 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
         format!("{original}[detect]\nrealert_s = 60\n[kernel]\nmax_connections = 1000\n"),
     )
     .unwrap();
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     let r = &reloads(1)[0];
     assert_eq!(r["reload"]["applied"], serde_json::json!(["detect"]), "{r}");
     assert_eq!(
@@ -167,8 +158,7 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
         "{r}"
     );
     std::fs::write(&config, format!("{original}[discovery]\nrescan_ms = 1\n")).unwrap();
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    signal(&child, libc::SIGHUP);
     let r = &reloads(2)[1];
     let why = r["reload"]["rejected"].as_str().unwrap_or_default();
     assert!(
@@ -180,8 +170,7 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
         None,
         "a bad file must not stop the sensor"
     );
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = child.wait().expect("wait sensor");
     assert!(status.success(), "{status:?}");
 }
@@ -227,23 +216,14 @@ fn sigterm_stops_cleanly_and_detaches() {
     let cgroup = Cgroup::new("term");
     let _server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let dir = TempDir::new("term");
-    let events = dir.path.join("events.jsonl");
-    let mut child = run_in(&dir)
-        .args(["--events"])
-        .arg(&events)
-        .args(["--cgroup", &cgroup.rel])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sensor");
-    wait_for_start(&events);
+    let (mut child, events) = start_for_cgroup(&dir, &cgroup);
     let fd = std::fs::File::open(&cgroup.abs).unwrap();
     assert_eq!(
         cgroup_program_count(&fd),
         3,
         "ingress, egress and sock_ops attached"
     );
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    signal(&child, libc::SIGTERM);
     let status = child.wait().expect("wait sensor");
     assert!(status.success(), "{status:?}");
     assert_eq!(cgroup_program_count(&fd), 0, "programs left attached");
@@ -252,6 +232,25 @@ fn sigterm_stops_cleanly_and_detaches() {
         records.last().is_some_and(|r| r["phase"] == "stop"),
         "{records:#?}"
     );
+}
+
+/// `homeserver-sensor run --cgroup` for `cgroup`, writing events in `dir`, once started.
+fn start_for_cgroup(dir: &TempDir, cgroup: &Cgroup) -> (std::process::Child, std::path::PathBuf) {
+    let events = dir.path.join("events.jsonl");
+    let child = run_in(dir)
+        .args(["--events"])
+        .arg(&events)
+        .args(["--cgroup", &cgroup.rel])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sensor");
+    wait_for_start(&events);
+    (child, events)
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: sending a signal to our own child, which has not been waited for.
+    unsafe { libc::kill(child.id() as i32, sig) };
 }
 
 fn wait_for_start(events: &std::path::Path) {
