@@ -105,6 +105,14 @@ pub enum AgentError {
     WebhookUrl(String),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(
+        "{key} = true needs {needs}, which this kernel does not offer ({why}); set `{key} = false` in the configuration, or run on a newer kernel"
+    )]
+    Unavailable {
+        key: &'static str,
+        needs: &'static str,
+        why: String,
+    },
 }
 
 /// Configurations to apply while running, in order (the binary sends one per SIGHUP), or
@@ -169,6 +177,47 @@ pub async fn run(
     run_reloadable(opts, shutdown, None).await
 }
 
+/// The opt-in accounting keys ask for programs that older kernels refuse: say so at start,
+/// by key, rather than failing at the first attach (or counting nothing).
+fn check_opt_in_features(
+    config: &Config,
+    features: &crate::plan::Features,
+) -> Result<(), AgentError> {
+    const SOCK: &str = "the socket tracepoints sock:sock_send_length and sock:sock_recv_length (Linux 6.3 or later)";
+    let sock_why = |e: &String| match crate::load::kernel_older_than(crate::load::SOCK_LENGTH_SINCE)
+    {
+        Some(release) => format!("this kernel is {release}: {e}"),
+        None => e.clone(),
+    };
+    if config.accounting.call_counts
+        && let Err(e) = &features.sock_tracepoints
+    {
+        return Err(AgentError::Unavailable {
+            key: "accounting.call_counts",
+            needs: SOCK,
+            why: sock_why(e),
+        });
+    }
+    if config.accounting.syscalls {
+        if let Err(e) = &features.syscall_tracepoints {
+            return Err(AgentError::Unavailable {
+                key: "accounting.syscalls",
+                needs: "the raw syscall tracepoints sys_enter and sys_exit",
+                why: e.clone(),
+            });
+        }
+        // File reads are told from socket reads by the receive tracepoint.
+        if let Err(e) = &features.sock_tracepoints {
+            return Err(AgentError::Unavailable {
+                key: "accounting.syscalls",
+                needs: SOCK,
+                why: sock_why(e),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// [`run`], applying each configuration received on `reloads` (see `agent/reload.rs` for
 /// what changes live), and writing a `sensor` record with `phase: "reload"` for each.
 pub async fn run_reloadable(
@@ -177,6 +226,7 @@ pub async fn run_reloadable(
     mut reloads: Option<Reloads>,
 ) -> Result<Summary, AgentError> {
     let mut sensor = Sensor::load(&opts.config)?;
+    check_opt_in_features(&opts.config, sensor.features())?;
     let events = sensor.take_events()?;
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long
     // as the AsyncFd owns the ring buffer.
@@ -579,7 +629,17 @@ impl Agent {
             peer: view.peer.map(|a| a.to_string()),
             bytes_out: ev.response_bytes,
             endpoint: request.as_ref().map(|r| r.endpoint),
-            client_ip: request.as_ref().and_then(|r| r.client_ip.clone()),
+            // Without the request's head (heads off, or a kernel without bpf_loop), the
+            // connection's peer is the client when it is not a trusted proxy.
+            client_ip: request
+                .as_ref()
+                .and_then(|r| r.client_ip.clone())
+                .or_else(|| {
+                    view.peer
+                        .map(|p| p.ip())
+                        .filter(|ip| !self.attribution.trusted.contains(*ip))
+                        .map(|ip| ip.to_string())
+                }),
             token: request.as_ref().and_then(|r| r.token),
             user: request.and_then(|r| r.user),
         };

@@ -17,6 +17,7 @@ use aya::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError,
         RawTracePoint, SockOps, cgroup_skb::CgroupSkbLinkId, sock_ops::SockOpsLinkId,
     },
+    util::KernelVersion,
 };
 use sensor_common::{
     conn::ConnStats,
@@ -631,6 +632,12 @@ fn load_cgroup_programs(
         Ok(()) => (programs::SKB_INGRESS, None),
         Err(full) => {
             load(ebpf, programs::SKB_INGRESS_BASIC)?;
+            let full = match kernel_older_than(BPF_LOOP_SINCE) {
+                Some(release) if heads_wanted => format!(
+                    "request heads need the bpf_loop helper of Linux 5.17 or later (this kernel is {release}), so user, token and client attribution is off: {full}"
+                ),
+                _ => full,
+            };
             (programs::SKB_INGRESS_BASIC, Some(full))
         }
     };
@@ -639,6 +646,18 @@ fn load_cgroup_programs(
     prog.load()
         .map_err(|e| format!("{}: {}", programs::SOCK_OPS, chain(&e)))?;
     Ok((ingress, heads_refused))
+}
+
+/// `bpf_loop`, which the request-head program needs.
+const BPF_LOOP_SINCE: (u8, u8) = (5, 17);
+/// `sock:sock_send_length` and `sock:sock_recv_length`.
+pub const SOCK_LENGTH_SINCE: (u8, u8) = (6, 3);
+
+/// The running kernel's release when it is older than `since` (None when it is not, or
+/// when its version cannot be read: the load error then speaks for itself).
+pub fn kernel_older_than(since: (u8, u8)) -> Option<String> {
+    let current = KernelVersion::current().ok()?;
+    (current < KernelVersion::new(since.0, since.1, 0)).then(|| current.to_string())
 }
 
 fn load_btf_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
