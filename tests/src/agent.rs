@@ -87,6 +87,14 @@ impl Agent {
         agent
     }
 
+    /// The agent's `start` record (what it attached, what the kernel refused).
+    pub fn start_record(&self) -> Value {
+        self.records()
+            .into_iter()
+            .find(|r| r["kind"] == "sensor" && r["phase"] == "start")
+            .expect("the agent wrote its start record")
+    }
+
     /// Starts the agent watching one process.
     pub fn for_pid(pid: u32, config: Config) -> Self {
         Self::start(
@@ -207,12 +215,17 @@ impl Drop for Agent {
 
 /// Runs the agent with `targets` and expects it to fail at start; returns its error.
 pub fn agent_start_error(targets: Targets) -> String {
+    agent_start_error_with(targets, Config::default())
+}
+
+/// [`agent_start_error`] with a configuration (its state paths are put in a temporary
+/// directory).
+pub fn agent_start_error_with(targets: Targets, mut config: Config) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let dir = TempDir::new("err");
-    let mut config = Config::default();
     config.attribution.key_file = dir.path.join("fingerprint.key");
     config.ledger.dir = dir.path.join("ledger");
     config.metrics.listen = "127.0.0.1:0".into();
