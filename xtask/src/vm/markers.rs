@@ -28,6 +28,19 @@ impl TestRun {
         self.end.map(|end| end - self.start)
     }
 
+    /// The features the test found unavailable on this kernel (it checked the agent's
+    /// refusal instead): what the tests print after `homeserver-sensor-tests: unavailable on
+    /// <release>: `, up to the reason.
+    pub fn unavailable(&self) -> Vec<String> {
+        const TAG: &str = "homeserver-sensor-tests: unavailable on ";
+        self.output
+            .iter()
+            .filter_map(|l| l.split_once(TAG))
+            .filter_map(|(_, rest)| rest.split(": ").nth(1))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `ok`, `FAILED`, `KILLED (timeout)`, or `UNFINISHED`.
     pub fn verdict(&self) -> String {
         match self.status {
@@ -248,6 +261,7 @@ mod tests {
         s.line("thread 'a' panicked at tests/tests/accounting.rs:1:1:");
         s.line("test a ... FAILED@@vmtest end accounting::a 101 12.50");
         s.line("@@vmtest begin accounting::b 12.60");
+        s.line("homeserver-sensor-tests: unavailable on 6.1.0-56-cloud-amd64: accounting.call_counts: accounting.call_counts = true needs ...");
         assert_eq!(
             s.line("@@vmtest end accounting::b 0 13.00"),
             Some(Event::End(1))
@@ -262,6 +276,8 @@ mod tests {
         assert_eq!(a.output.len(), 3);
         assert_eq!(a.output[2], "test a ... FAILED");
         assert!(s.tests[1].passed());
+        assert!(a.unavailable().is_empty());
+        assert_eq!(s.tests[1].unavailable(), ["accounting.call_counts"]);
         assert_eq!(s.dmesg, ["[   20.1] something"]);
         assert!(s.done);
     }

@@ -104,6 +104,14 @@ impl KernelResult {
         let s = &self.outcome.session;
         let failed = s.tests.len() - self.passed_count();
         let mut text = format!("{} passed", self.passed_count());
+        let refusals = s
+            .tests
+            .iter()
+            .filter(|t| t.passed() && !t.unavailable().is_empty())
+            .count();
+        if refusals > 0 {
+            write!(text, " ({refusals} of them checked a refusal)").unwrap();
+        }
         if failed > 0 {
             write!(text, ", {failed} failed").unwrap();
         }
@@ -129,6 +137,18 @@ impl KernelResult {
         );
         if let Some(problem) = self.run_problem() {
             write!(text, "\n  {problem}").unwrap();
+        }
+        for test in self.outcome.session.tests.iter().filter(|t| t.passed()) {
+            let features = test.unavailable();
+            if !features.is_empty() {
+                write!(
+                    text,
+                    "\n  unavailable here, refusal checked by {}: {}",
+                    test.id,
+                    features.join(", ")
+                )
+                .unwrap();
+            }
         }
         for (bin, why) in &self.outcome.session.list_failures {
             write!(text, "\n  {bin}: {why}").unwrap();
