@@ -30,7 +30,7 @@ pub use process::{FakeSynapse, Nginx, Process, Server, sibling_binary};
 pub use scenario::{
     AdminReport, Auth, BenignReport, Breadth, DirectReport, Exchange, HarvestReport, MediaReport,
     Milestone, Response, RoomReport, SEARCH_TERMS, ScrapeReport, Session, Tally, abuse_admin,
-    benign, direct_keepalive, encode, harvest, redact, scrape,
+    benign, direct_keepalive, encode, harvest, redact, scrape, scrape_with,
 };
 
 /// Fails the test early, with a clear message, when not run as root.

@@ -549,8 +549,22 @@ pub const SEARCH_TERMS: [&str; 5] = ["a", "e", "r", "test", "o"];
 /// file named in the history, on the authenticated endpoint and on the legacy one (token in
 /// the query string). One keep-alive connection through nginx, from `from`.
 pub fn scrape(hs: &Homeserver, user: &User, from: IpAddr, page_size: u32) -> ScrapeReport {
+    scrape_with(hs.nginx_addr, user, from, page_size, |_| {})
+}
+
+/// [`scrape`] against `target` (nginx, or Synapse itself), calling `after_rooms` with the
+/// scraper's session once every room is read, before the user directory and the media: a
+/// test stops and restarts the sensor there (closing the session first if it wants no
+/// connection open across the gap).
+pub fn scrape_with(
+    target: SocketAddr,
+    user: &User,
+    from: IpAddr,
+    page_size: u32,
+    mut after_rooms: impl FnMut(&mut Session),
+) -> ScrapeReport {
     let token = user.access_token.as_str();
-    let mut s = Session::new(from, hs.nginx_addr, "python-requests/2.32.3");
+    let mut s = Session::new(from, target, "python-requests/2.32.3");
     let mut tally = Tally::default();
     let expect = |r: &Response, status: u16| {
         assert_eq!(
@@ -668,6 +682,8 @@ pub fn scrape(hs: &Homeserver, user: &User, from: IpAddr, page_size: u32) -> Scr
             member_ids,
         });
     }
+
+    after_rooms(&mut s);
 
     // The user directory, then every profile.
     let mut searches = Vec::new();
