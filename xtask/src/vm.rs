@@ -63,6 +63,10 @@ pub struct VmTestOptions {
     /// aarch64].
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Only the kernels CI boots (`.ci/run`): Debian 12's 6.1 on x86_64 and Debian 13's
+    /// 6.12 on aarch64.
+    #[arg(long, conflicts_with_all = ["arch", "kernels"])]
+    pub ci: bool,
     /// Print the kernel set and exit.
     #[arg(long)]
     pub list: bool,
@@ -243,6 +247,18 @@ fn select(opts: &VmTestOptions) -> Result<Vec<(&'static Spec, Arch)>> {
         }
     }
     let mut plan = Vec::new();
+    if opts.ci {
+        for &(name, arch) in kernels::CI {
+            let spec = kernels::SET
+                .iter()
+                .find(|s| s.name == name && s.archs.contains(&arch))
+                .with_context(|| {
+                    format!("the CI kernel {name} ({}) is not in the set", arch.name())
+                })?;
+            plan.push((spec, arch));
+        }
+        return Ok(plan);
+    }
     for &arch in &Arch::ALL {
         if !opts.arch.is_empty() && !opts.arch.contains(&arch) {
             continue;
@@ -396,7 +412,37 @@ fn cache_dir() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use clap::Parser;
+
+    use super::{VmTestOptions, quote, select};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: VmTestOptions,
+    }
+
+    fn plan(args: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(std::iter::once("vm-test").chain(args.iter().copied()))
+            .expect("options");
+        select(&cli.opts)
+            .expect("a plan")
+            .into_iter()
+            .map(|(spec, arch)| format!("{} {}", spec.name, arch.name()))
+            .collect()
+    }
+
+    #[test]
+    fn kernel_selection() {
+        assert_eq!(plan(&["--ci"]), ["6.1 x86_64", "6.12 aarch64"]);
+        assert_eq!(plan(&[]).len(), 5);
+        assert_eq!(
+            plan(&["--arch", "aarch64"]),
+            ["6.1 aarch64", "6.12 aarch64"]
+        );
+        assert_eq!(plan(&["--kernel", "5.10"]), ["5.10 x86_64"]);
+        assert!(Cli::try_parse_from(["vm-test", "--ci", "--kernel", "6.1"]).is_err());
+    }
 
     #[test]
     fn shell_quoting() {

@@ -17,6 +17,7 @@ pub const EXCLUDED: &[(&str, &str)] = &[
         "scenarios::",
         "needs a real Synapse (python3 venv from PyPI) and nginx",
     ),
+    ("report::", "needs a real Synapse (python3 venv from PyPI)"),
     (
         "discovery::new_synapse_workers_are_watched_within_a_second_and_dropped_when_gone",
         "needs python3 (the stand-in Synapse)",
