@@ -30,11 +30,17 @@ pub enum Drop {
     /// The ring buffer was full when a transfer event was due: the transfer is still
     /// reported when its connection closes, just not while it runs.
     RingbufTransfer = 10,
+    /// Data arrived on the segment that completed a connection's handshake, so the kernel
+    /// ran the ingress program on the listening socket, not the new connection: its request
+    /// head is not captured (sock_ops counts its bytes at establishment). Happens on
+    /// loopback when the client's last ACK and first data are processed out of order on two
+    /// CPUs, and for TCP Fast Open data (whose bytes are then missing too).
+    HandshakeData = 11,
 }
 
 impl Drop {
     /// Number of entries in `DROPS`.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Drop; Self::COUNT as usize] = [
         Drop::RingbufOpen,
         Drop::RingbufClose,
@@ -47,6 +53,7 @@ impl Drop {
         Drop::RingbufHead,
         Drop::HeadCut,
         Drop::RingbufTransfer,
+        Drop::HandshakeData,
     ];
 
     /// The name used in records and metrics.
@@ -63,6 +70,7 @@ impl Drop {
             Drop::RingbufHead => "ringbuf_full_head",
             Drop::HeadCut => "head_cut",
             Drop::RingbufTransfer => "ringbuf_full_transfer",
+            Drop::HandshakeData => "handshake_data",
         }
     }
 }

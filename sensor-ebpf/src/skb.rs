@@ -133,6 +133,14 @@ fn try_count(ctx: &SkBuffContext, dir: Direction, heads: Heads) -> Result<(), i6
         return Ok(());
     }
     let payload = len - header_len;
+    // A listening socket has no peer: the kernel runs ingress on the listener for the
+    // segment that completes a handshake (tcp_v4_rcv/tcp_v6_rcv, TCP_NEW_SYN_RECV). Data on
+    // it belongs to a connection that has no socket (and no cookie) yet: count the loss
+    // instead of creating an entry for the listener.
+    if dir == Direction::In && payload > 0 && ctx.skb.remote_port() == 0 {
+        count_drop(Drop::HandshakeData);
+        return Ok(());
+    }
     let ends = tcp.flags & (TCP_FIN | TCP_RST) != 0;
     if payload == 0 && !ends {
         // Pure ACKs and SYNs: nothing to count, and no map access on the hot path.

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use sensor_common::{
-    conn::{Tuple, flags, source},
+    conn::{ConnStats, Tuple, flags, head_state, source},
     kernel::TCP_CLOSE,
 };
 
@@ -55,6 +55,10 @@ fn try_conn_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
                 get_or_create(cookie, source::CGROUP, flags::FROM_START | side, 0).ok_or(0i64)?;
             // SAFETY: `stats` points into a live map value.
             unsafe { (*stats).flags |= flags::FROM_START | side };
+            if side == flags::PASSIVE {
+                // SAFETY: as above.
+                count_handshake_data(ctx, unsafe { &mut *stats });
+            }
             emit_open_once(cookie, 0, &tuple, stats);
         }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
@@ -66,6 +70,43 @@ fn try_conn_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
         _ => {}
     }
     Ok(())
+}
+
+/// The segment that completed the handshake may carry the client's first data: when it is
+/// processed before the client's pure ACK (on loopback, the two can be handled on two CPUs
+/// out of order), or after that ACK was dropped (accept queue full). The kernel then ran
+/// the ingress program on the listening socket (skb.rs counts `handshake_data` there), and
+/// this connection's ingress never sees that data: count its bytes here, from the segment
+/// `tcp_init_transfer()` passes (`bpf_skops_init_skb()`, net/ipv4/tcp_input.c: `skb_data`
+/// is the TCP header, `skb_data_end` its end, `skb_len` header and payload; Linux 5.10+).
+/// Its request head is not captured: the head logic waits for the next request.
+fn count_handshake_data(ctx: &SockOpsContext, stats: &mut ConnStats) {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the program's context; these are its packet pointers and lengths.
+    let (data, end, skb_len, rcv_nxt) = unsafe {
+        (
+            (*ops).__bindgen_anon_3.skb_data as usize,
+            (*ops).__bindgen_anon_4.skb_data_end as usize,
+            (*ops).skb_len,
+            (*ops).rcv_nxt,
+        )
+    };
+    // The data offset is the high nibble of byte 12 of the TCP header (RFC 9293).
+    if data + 13 > end {
+        return;
+    }
+    // SAFETY: bounds checked against `skb_data_end` just above.
+    let header_len = u32::from(unsafe { *((data + 12) as *const u8) } >> 4) * 4;
+    if skb_len <= header_len {
+        return;
+    }
+    let payload = skb_len - header_len;
+    // The data starts at rcv_nxt: it is queued only after this callback.
+    stats.bytes_in += u64::from(payload);
+    stats.segs_in += 1;
+    stats.seq_in_next = rcv_nxt.wrapping_add(payload);
+    stats.flags |= flags::SEQ_IN_VALID;
+    stats.head_state = head_state::DONE;
 }
 
 fn cookie(ctx: &SockOpsContext) -> u64 {
