@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod ebpf;
 mod lint;
 mod run;
@@ -39,6 +40,9 @@ enum Command {
     Test(test::TestOptions),
     /// Measure what the sensor costs, against no sensor, interleaved in one run (as root).
     Bench(bench::BenchOptions),
+    /// Show the sensor at work, as root: a real homeserver, benign users, a scrape on a
+    /// stolen account and a token-less harvest, the alerts as they come and the report.
+    Demo(demo::DemoOptions),
     /// Check formatting of the whole workspace (`cargo fmt --all -- --check`).
     FmtCheck,
     /// Lint the host crates (stable) and the kernel crate (nightly, BPF target) with
@@ -56,6 +60,7 @@ fn main() {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::test(&opts),
         Command::Bench(opts) => bench::bench(&opts),
+        Command::Demo(opts) => demo::demo(&opts),
         Command::FmtCheck => lint::fmt_check(),
         Command::Clippy(opts) => lint::clippy(&opts),
         Command::VmTest(opts) => vm::vm_test(&opts),
