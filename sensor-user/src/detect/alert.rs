@@ -107,7 +107,7 @@ fn summary(
         Rule::RoomsRead => format!("{who} read {n} distinct rooms in {window} (threshold {t})"),
         Rule::RoomsJoined => format!("{who} joined {n} distinct rooms in {window} (threshold {t})"),
         Rule::Media => {
-            format!("{who} downloaded {n} distinct media files in {window} (threshold {t})")
+            format!("{who} requested {n} distinct media files in {window} (threshold {t})")
         }
         Rule::Directory => format!(
             "{who} made {n} user-directory searches and distinct profile lookups in {window} \
@@ -120,7 +120,7 @@ fn summary(
             format!("{who} made {n} full-state or initial syncs in {window} (threshold {t})")
         }
         Rule::TokenlessMedia => format!(
-            "{who} downloaded {n} distinct media files without a token in {window} \
+            "{who} requested {n} distinct media files without a token in {window} \
              (threshold {t})"
         ),
         Rule::AdminAddress => format!(

@@ -46,7 +46,7 @@ pub fn text(report: &Report, top: usize, out: &mut dyn Write) -> io::Result<()> 
         ("Rooms read (history, members, state)", &report.rooms_read),
         ("Rooms joined", &report.rooms_joined),
         ("Other room requests", &report.rooms_other),
-        ("Media fetched", &report.media),
+        ("Media requested", &report.media),
         ("Other media requests", &report.media_other),
         ("Users looked up", &report.users_looked_up),
     ];

@@ -157,7 +157,7 @@ fn the_text_report_has_the_totals_and_every_section_biggest_first() {
         "\nEndpoints (",
         "\nRooms read (history, members, state) (300)\n",
         "\nRooms joined (30)\n",
-        "\nMedia fetched (600)\n",
+        "\nMedia requested (600)\n",
         "\nUsers looked up (75)\n",
     ] {
         assert!(text.contains(section), "{section:?} missing:\n{text}");
@@ -171,7 +171,7 @@ fn the_text_report_has_the_totals_and_every_section_biggest_first() {
         .max_by_key(|(id, (_, out))| (*out, std::cmp::Reverse(id.as_str())))
         .map(|(id, _)| id.clone())
         .unwrap();
-    let media = &text[text.find("\nMedia fetched").unwrap()..];
+    let media = &text[text.find("\nMedia requested").unwrap()..];
     let first_row = media.lines().nth(3).unwrap();
     assert!(first_row.trim_start().starts_with(&biggest), "{first_row}");
 

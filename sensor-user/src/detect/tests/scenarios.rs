@@ -227,7 +227,7 @@ fn a_tokenless_harvester_is_named_by_its_address() {
     assert_eq!((a.subject.token, a.subject.user.as_deref()), (None, None));
     assert!(
         a.summary
-            .starts_with("198.51.100.66 downloaded 500 distinct media files without a token"),
+            .starts_with("198.51.100.66 requested 500 distinct media files without a token"),
         "{}",
         a.summary
     );
