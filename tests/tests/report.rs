@@ -148,6 +148,15 @@ fn report_lists_exactly_what_the_scraper_reached_across_an_agent_restart() {
         "report: {} requests, {} bytes out, {} segments read",
         r["requests"], r["bytes_out"], r["segments_read"]
     );
+    let ledger_bytes: u64 = std::fs::read_dir(&config.ledger.dir)
+        .expect("ledger dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    eprintln!(
+        "ledger: {ledger_bytes} bytes on disk for {} requests ({:.1} KB per 1,000, open hour, two runs)",
+        report.exchanges.len(),
+        ledger_bytes as f64 / report.exchanges.len() as f64
+    );
     assert_eq!(r["found"], true, "{r}");
     assert_eq!(r["skipped_lines"], 0, "{r}");
     assert_eq!(r["not_listed"]["items"], 0, "{r}");
