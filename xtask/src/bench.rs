@@ -6,7 +6,7 @@
 //!
 //! CI smoke run (a few minutes): `cargo xtask bench --quick --rounds 1`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::{
@@ -64,7 +64,7 @@ pub fn bench(opts: &BenchOptions) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let root = Root::get("the benchmark (it loads the kernel programs)")?;
-    install_tools(root)?;
+    install_tools()?;
     let mut run = root.command(cmd::target_dir().join("release/bench"));
     run.arg("--rounds")
         .arg(opts.rounds.to_string())
@@ -84,7 +84,7 @@ pub fn bench(opts: &BenchOptions) -> Result<()> {
 }
 
 /// `apt-get install` of the tools that are not on the path, once, saying so.
-fn install_tools(root: Root) -> Result<()> {
+fn install_tools() -> Result<()> {
     let missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(program, _)| cmd::find_on_path(program).is_none())
@@ -93,21 +93,5 @@ fn install_tools(root: Root) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    step(format!(
-        "installing what the benchmark drives: apt-get install {} (once)...",
-        missing.join(" ")
-    ));
-    let install = || {
-        let mut cmd = root.command("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing);
-        cmd::run(&mut cmd)
-    };
-    if install().is_ok() {
-        return Ok(());
-    }
-    step("refreshing the package lists (apt-get update) and trying again...");
-    cmd::run(root.command("apt-get").args(["-q", "update"]))?;
-    install().with_context(|| format!("cannot install {}", missing.join(" ")))
+    cmd::apt_install("what the benchmark drives", &missing)
 }

@@ -214,6 +214,35 @@ fn effective_uid() -> Result<u32> {
         .context("no effective uid in /proc/self/status")
 }
 
+/// `apt-get install` as root, without recommended packages; on failure, refreshes the
+/// package lists once and tries again.
+pub fn apt_install(what: &str, packages: &[&str]) -> Result<()> {
+    let root = Root::get("installing packages with apt-get")?;
+    step(format!(
+        "installing {what}: apt-get install {} (once)...",
+        packages.join(" ")
+    ));
+    let install = || {
+        let mut cmd = root.command("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(packages);
+        run(&mut cmd)
+    };
+    if install().is_ok() {
+        return Ok(());
+    }
+    step("refreshing the package lists (apt-get update) and trying again...");
+    run(root.command("apt-get").args(["-q", "update"]))?;
+    install().with_context(|| format!("cannot install {}", packages.join(" ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::TestCounts;

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::arch::Arch;
-use crate::cmd::{self, Root, step};
+use crate::cmd::{self, step};
 
 /// Installs what the architectures in `archs` need and is missing.
 pub fn ensure(archs: &[Arch]) -> Result<()> {
@@ -20,7 +20,7 @@ pub fn ensure(archs: &[Arch]) -> Result<()> {
     }
     if archs.contains(&Arch::Aarch64) && cmd::find_on_path("aarch64-linux-gnu-gcc").is_none() {
         // The C library headers too: crates with C code (ring) compile for the target.
-        apt_install(
+        cmd::apt_install(
             "the aarch64 cross linker",
             &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"],
         )?;
@@ -63,37 +63,8 @@ fn install_qemu() -> Result<()> {
         );
     };
     let utils = format!("qemu-utils={candidate}");
-    apt_install(
+    cmd::apt_install(
         &format!("qemu {candidate} (with {utils}, which may replace a newer qemu-utils)"),
         &["qemu-system-x86", "qemu-system-arm", &utils],
     )
-}
-
-/// `apt-get install` as root, without recommended packages; on failure, refreshes the
-/// package lists once and tries again.
-fn apt_install(what: &str, packages: &[&str]) -> Result<()> {
-    let root = Root::get("installing packages with apt-get")?;
-    step(format!(
-        "installing {what}: apt-get install {} (once)...",
-        packages.join(" ")
-    ));
-    let install = || {
-        let mut cmd = root.command("apt-get");
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "--allow-downgrades",
-            ])
-            .args(packages);
-        cmd::run(&mut cmd)
-    };
-    if install().is_ok() {
-        return Ok(());
-    }
-    step("refreshing the package lists (apt-get update) and trying again...");
-    cmd::run(root.command("apt-get").args(["-q", "update"]))?;
-    install().with_context(|| format!("cannot install {}", packages.join(" ")))
 }

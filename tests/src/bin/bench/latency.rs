@@ -144,15 +144,7 @@ fn ms(seen: u64, start: u64) -> f64 {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use homeserver_sensor::time::monotonic_ns;
 
 /// Alerts as they appear in the events file, with the instant each line was seen.
 fn tail_alerts(path: PathBuf) -> mpsc::Receiver<(u64, Value)> {
