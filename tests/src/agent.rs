@@ -89,10 +89,7 @@ impl Agent {
 
     /// The agent's `start` record (what it attached, what the kernel refused).
     pub fn start_record(&self) -> Value {
-        self.records()
-            .into_iter()
-            .find(|r| r["kind"] == "sensor" && r["phase"] == "start")
-            .expect("the agent wrote its start record")
+        sensor_record(&self.records(), "start").clone()
     }
 
     /// Starts the agent watching one process.
@@ -168,12 +165,7 @@ impl Agent {
                 return records;
             }
             if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
-                let result = self
-                    .thread
-                    .take()
-                    .expect("thread")
-                    .join()
-                    .expect("agent thread");
+                let result = self.join();
                 panic!("the agent stopped: {result:?}; records: {records:#?}");
             }
             assert!(
@@ -189,16 +181,19 @@ impl Agent {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        let result = self
-            .thread
-            .take()
-            .expect("thread")
-            .join()
-            .expect("agent thread");
-        if let Err(e) = result {
+        if let Err(e) = self.join() {
             panic!("the agent failed: {e}");
         }
         self.records()
+    }
+
+    /// Waits for the agent's thread and returns what `run` returned.
+    fn join(&mut self) -> Result<Summary, String> {
+        self.thread
+            .take()
+            .expect("thread")
+            .join()
+            .expect("agent thread")
     }
 }
 
@@ -211,6 +206,14 @@ impl Drop for Agent {
             let _ = t.join();
         }
     }
+}
+
+/// The agent's `sensor` record of `phase` (`start`, `stop`, ...) among `records`.
+pub fn sensor_record<'a>(records: &'a [Value], phase: &str) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["kind"] == "sensor" && r["phase"] == phase)
+        .unwrap_or_else(|| panic!("no sensor {phase} record in {records:#?}"))
 }
 
 /// Runs the agent with `targets` and expects it to fail at start; returns its error.

@@ -18,7 +18,9 @@ pub mod kernel;
 mod process;
 mod scenario;
 
-pub use agent::{Agent, agent_start_error, agent_start_error_with, connection_of, read_records};
+pub use agent::{
+    Agent, agent_start_error, agent_start_error_with, connection_of, read_records, sensor_record,
+};
 pub use cgroup::{Cgroup, cgroup_program_count, cgroup_program_ids, detach_link_of};
 pub use client::{Client, synapse_token, test_server_response_len};
 pub use homeserver::{

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use homeserver_sensor::{agent::Targets, config::Config};
 use homeserver_sensor_tests::{
     Agent, Cgroup, Client, Server, TempDir, agent_start_error, agent_start_error_with,
-    connection_of, kernel, require_root, settle,
+    connection_of, kernel, require_root, sensor_record, settle,
 };
 use serde_json::Value;
 
@@ -102,13 +102,6 @@ fn assert_exact(records: &[Value], traffic: &Traffic, pid: u32, mechanism: &str)
     assert_eq!(r["closed"], false, "{r}");
     assert_eq!(r["bytes_in"], traffic.open.sent, "{r}");
     assert_eq!(r["bytes_out"], traffic.open.received, "{r}");
-}
-
-fn sensor_record<'a>(records: &'a [Value], phase: &str) -> &'a Value {
-    records
-        .iter()
-        .find(|r| r["kind"] == "sensor" && r["phase"] == phase)
-        .unwrap_or_else(|| panic!("no sensor {phase} record in {records:#?}"))
 }
 
 fn assert_no_drops(records: &[Value]) {

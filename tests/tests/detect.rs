@@ -9,7 +9,7 @@ use std::{
 
 use homeserver_sensor::config::Config;
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, Server, kernel, require_root, settle, synapse_token,
+    Agent, Cgroup, Client, Server, kernel, require_root, sensor_record, settle, synapse_token,
 };
 use serde_json::Value;
 
@@ -18,13 +18,6 @@ fn config() -> Config {
     c.attribution.trusted_proxies = vec!["127.0.0.1/32".into()];
     c.attribution.server_name = Some("test.example".into());
     c
-}
-
-fn start_record(records: &[Value]) -> &Value {
-    records
-        .iter()
-        .find(|r| r["kind"] == "sensor" && r["phase"] == "start")
-        .expect("a start record")
 }
 
 fn alerts(records: &[Value]) -> Vec<&Value> {
@@ -101,7 +94,7 @@ fn single_transfer_alert_arrives_while_the_download_runs() {
     // A direct client: its address is known from the connection itself, heads or not.
     assert_eq!(a["subject"]["client_ip"], "127.0.0.13", "{a}");
     assert_eq!(a["threshold"], 8u64 << 20, "{a}");
-    if !kernel::request_heads(start_record(&records)) {
+    if !kernel::request_heads(sensor_record(&records, "start")) {
         assert_eq!(a["subject"]["user"], Value::Null, "{a}");
         return;
     }
@@ -175,7 +168,7 @@ fn ordinary_use_raises_no_alert() {
     settle();
     let records = agent.stop();
     assert!(alerts(&records).is_empty(), "{:#?}", alerts(&records));
-    if !kernel::request_heads(start_record(&records)) {
+    if !kernel::request_heads(sensor_record(&records, "start")) {
         // Without heads there are no request records to judge: the connections were seen.
         let conns = records.iter().filter(|r| r["kind"] == "connection").count();
         assert!(

@@ -7,8 +7,8 @@ use std::{net::IpAddr, time::Duration};
 
 use homeserver_sensor::config::Config;
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, Nginx, Server, kernel, require_root, settle, synapse_token,
-    test_server_response_len,
+    Agent, Cgroup, Client, Nginx, Server, kernel, require_root, sensor_record, settle,
+    synapse_token, test_server_response_len,
 };
 use serde_json::Value;
 
@@ -382,12 +382,9 @@ fn raw_tokens_never_leave_the_agent() {
         }
     }
     let text = String::from_utf8_lossy(&written);
-    let start = read_records(&events)
-        .into_iter()
-        .find(|r| r["phase"] == "start")
-        .expect("start record");
+    let records = read_records(&events);
     // Without heads (no bpf_loop) nothing is attributed, and nothing may leak either.
-    if kernel::request_heads(&start) {
+    if kernel::request_heads(sensor_record(&records, "start")) {
         assert!(files >= 2, "the key and at least one ledger segment");
         assert!(
             text.contains("\"kind\":\"request\""),
