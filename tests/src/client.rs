@@ -171,18 +171,9 @@ pub fn test_server_response_len(n: u64, close: bool) -> u64 {
 /// `AuthHandler.generate_access_token` does: `syt_<unpadded standard base64 of the
 /// localpart>_<random letters>_<base62 of the CRC-32 of what precedes, 6 digits>`.
 pub fn synapse_token(localpart: &str, random: &str) -> String {
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine;
     const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut b64 = String::new();
-    for chunk in localpart.as_bytes().chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(localpart);
     let base = format!("syt_{b64}_{random}");
     // zlib's CRC-32 (reflected, polynomial 0xEDB88320).
     let mut crc = !0u32;

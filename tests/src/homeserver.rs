@@ -910,17 +910,8 @@ fn write_signing_key(dir: &Path) {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .expect("read /dev/urandom");
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in seed.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed);
     let path = dir.join("signing.key");
     std::fs::write(&path, format!("ed25519 a_test {b64}\n"))
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
