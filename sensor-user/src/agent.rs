@@ -630,13 +630,14 @@ impl Agent {
             bytes_out: ev.response_bytes,
             endpoint: request.as_ref().map(|r| r.endpoint),
             // Without the request's head (heads off, or a kernel without bpf_loop), the
-            // connection's peer is the client when it is not a trusted proxy.
+            // connection's peer is the client when it is not a trusted proxy; written as
+            // request records write it (an IPv4-mapped peer as its IPv4 address).
             client_ip: request
                 .as_ref()
                 .and_then(|r| r.client_ip.clone())
                 .or_else(|| {
                     view.peer
-                        .map(|p| p.ip())
+                        .map(|p| p.ip().to_canonical())
                         .filter(|ip| !self.attribution.trusted.contains(*ip))
                         .map(|ip| ip.to_string())
                 }),
