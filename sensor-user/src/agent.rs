@@ -539,6 +539,8 @@ impl Agent {
     /// Reads every pending ring buffer record; returns how many were request head chunks.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<usize, AgentError> {
         let mut heads = 0;
+        // A socket-owner scan that ran on its own thread may be done.
+        self.conns.poll_scan();
         while let Some(item) = ring.next() {
             let decoded = decode::event(&item);
             drop(item);
@@ -689,6 +691,9 @@ impl Agent {
         self.metrics.set_head_outcomes(&heads);
         self.metrics
             .set_tracked_connections(self.conns.open_count() as u64);
+        let background = self.conns.owner_scans_background;
+        self.metrics
+            .set_owner_scans(self.conns.owner_scans - background, background);
         self.metrics.set_program_stats(&self.sensor.program_stats());
         self.metrics.set_watched_processes(
             self.watched

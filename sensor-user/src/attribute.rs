@@ -3,11 +3,21 @@
 //! In cgroup mode the kernel reports accepted connections from softirq context, where no
 //! process is current, so the owner is resolved here from /proc: the listening socket
 //! (or the exact connection) among the watched processes' sockets.
+//!
+//! A scan of /proc reads every watched process's descriptors and the whole TCP table, which
+//! takes hundreds of milliseconds on a host with 100,000 sockets. So a scan runs on the
+//! event loop only while scans are cheap (the last took under [`INLINE_SCAN_MAX`]);
+//! otherwise it runs on a thread of its own, the connections it is for stay unresolved
+//! meanwhile, and every open connection without an owner is resolved again when its result
+//! comes. Scans that find nothing new are spaced (at least [`OWNER_RESCAN_MIN`], and four
+//! times the last scan's duration), so that the agent never spends more than a fifth of a
+//! core on them whatever the connections do.
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -37,19 +47,36 @@ pub struct Connections {
     cgroup_call_counts: bool,
     open: HashMap<u64, ConnInfo>,
     owners: Option<SocketOwners>,
+    /// When the last scan started, and how long the last finished one took.
     owners_scanned: Option<Instant>,
+    scan_cost: Duration,
+    /// A scan running on its own thread.
+    scanning: Option<BackgroundScan>,
     watched_pids: Vec<u32>,
     /// Connections that tracepoint-watched processes had before they were watched.
     preexisting: HashSet<(SocketAddr, SocketAddr)>,
-    /// Connections whose owner could not be found.
+    /// Connections reported without an owner (it could not be found in /proc).
     pub unresolved: u64,
+    /// Scans of /proc for socket owners, and those run off the event loop.
+    pub owner_scans: u64,
+    pub owner_scans_background: u64,
     /// Live connections the kernel's LRU map evicted (seen again as a second open): their
     /// counts restarted from zero.
     pub evicted: u64,
 }
 
+/// A scan running on its own thread: the watched PIDs it is for, and where its result and
+/// duration will come.
+struct BackgroundScan {
+    pids: Vec<u32>,
+    result: mpsc::Receiver<(SocketOwners, Duration)>,
+}
+
 /// How often the socket-owner cache may be rebuilt on a miss.
 const OWNER_RESCAN_MIN: Duration = Duration::from_millis(50);
+/// A scan that took less than this runs on the event loop next time (the connection that
+/// missed gets its owner at once); a longer one runs on its own thread.
+pub const INLINE_SCAN_MAX: Duration = Duration::from_millis(20);
 
 impl Connections {
     pub fn new(proc_root: PathBuf, clock: KernelClock, cgroup_call_counts: bool) -> Self {
@@ -60,9 +87,13 @@ impl Connections {
             open: HashMap::new(),
             owners: None,
             owners_scanned: None,
+            scan_cost: Duration::ZERO,
+            scanning: None,
             watched_pids: Vec::new(),
             preexisting: HashSet::new(),
             unresolved: 0,
+            owner_scans: 0,
+            owner_scans_background: 0,
             evicted: 0,
         }
     }
@@ -155,13 +186,16 @@ impl Connections {
     }
 
     fn record(
-        &self,
+        &mut self,
         cookie: u64,
         info: &ConnInfo,
         stats: &ConnStats,
         ts_ns: u64,
         closed: bool,
     ) -> ConnectionRecord {
+        if info.pid.is_none() {
+            self.unresolved += 1;
+        }
         let mechanism = decode::mechanism(stats);
         let calls = mechanism == Mechanism::Tracepoint || self.cgroup_call_counts;
         let segs = mechanism == Mechanism::Cgroup;
@@ -191,23 +225,81 @@ impl Connections {
         }
     }
 
+    /// The owner of a connection from the cache; on a miss, a scan: on the event loop
+    /// while scans are cheap, else on a thread of its own (see the module's documentation).
     fn owner(&mut self, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> Option<u32> {
         let (local, peer) = (local?, peer?);
         if let Some(pid) = self.owners.as_ref().and_then(|o| o.owner(local, peer)) {
             return Some(pid);
         }
-        let may_rescan = self
-            .owners_scanned
-            .is_none_or(|t| t.elapsed() >= OWNER_RESCAN_MIN);
-        if may_rescan {
-            self.owners = Some(SocketOwners::scan(&self.proc_root, &self.watched_pids));
-            self.owners_scanned = Some(Instant::now());
-            if let Some(pid) = self.owners.as_ref().and_then(|o| o.owner(local, peer)) {
-                return Some(pid);
+        if self.scanning.is_some() {
+            return None;
+        }
+        let spacing = OWNER_RESCAN_MIN.max(self.scan_cost * 4);
+        if self.owners.is_some() && self.owners_scanned.is_some_and(|t| t.elapsed() < spacing) {
+            return None;
+        }
+        self.owners_scanned = Some(Instant::now());
+        self.owner_scans += 1;
+        let pids = self.watched_pids.clone();
+        let proc_root = self.proc_root.clone();
+        if self.scan_cost < INLINE_SCAN_MAX {
+            let started = Instant::now();
+            self.owners = Some(SocketOwners::scan(&proc_root, &pids));
+            self.scan_cost = started.elapsed();
+            return self.owners.as_ref().and_then(|o| o.owner(local, peer));
+        }
+        self.owner_scans_background += 1;
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("owner-scan".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let owners = SocketOwners::scan(&proc_root, &pids);
+                // The receiver is gone only if the agent stopped or the PIDs changed.
+                let _ = tx.send((owners, started.elapsed()));
+            });
+        match spawned {
+            Ok(_) => {
+                self.scanning = Some(BackgroundScan {
+                    pids: self.watched_pids.clone(),
+                    result: rx,
+                });
+            }
+            Err(e) => tracing::warn!("cannot start a socket-owner scan: {e}"),
+        }
+        None
+    }
+
+    /// Takes the result of a scan that ran on its own thread, if it is done, and gives an
+    /// owner to the open connections that had none. Cheap when there is nothing to take:
+    /// call it before each batch of events.
+    pub fn poll_scan(&mut self) {
+        let Some(scan) = &self.scanning else {
+            return;
+        };
+        let (owners, took) = match scan.result.try_recv() {
+            Ok(result) => result,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.scanning = None;
+                return;
+            }
+        };
+        let current = scan.pids == self.watched_pids;
+        self.scanning = None;
+        self.scan_cost = took;
+        tracing::debug!(?took, sockets = owners.len(), "socket-owner scan done");
+        if !current {
+            // For PIDs that changed since: the next miss scans again.
+            return;
+        }
+        for info in self.open.values_mut().filter(|i| i.pid.is_none()) {
+            if let (Some(l), Some(p)) = (info.local, info.peer) {
+                info.pid = owners.owner(l, p);
             }
         }
-        self.unresolved += 1;
-        None
+        self.owners = Some(owners);
     }
 }
 
@@ -289,6 +381,49 @@ mod tests {
             .unwrap();
         assert_eq!(r.pid, None);
         assert!(c.unresolved >= 1);
+    }
+
+    #[test]
+    fn a_slow_scan_runs_off_the_loop_and_resolves_the_connections_that_waited() {
+        // This process is the watched one; its listener owns the connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id();
+        let mut c = Connections::new("/proc".into(), KernelClock::new(), false);
+        c.set_watched_pids(vec![me]);
+        // The last scan was slow: the next runs on its own thread.
+        c.scan_cost = INLINE_SCAN_MAX;
+        let mut open = view(Lifecycle::Open, 7, None, source::CGROUP);
+        open.local = Some(listener.local_addr().unwrap());
+        c.on_event(&open);
+        assert_eq!(c.view(7).pid, None, "not resolved on the event loop");
+        assert_eq!((c.owner_scans, c.owner_scans_background), (1, 1));
+        // Another miss while it runs does not start a second scan.
+        let mut other = view(Lifecycle::Open, 9, None, source::CGROUP);
+        other.local = Some("127.0.0.1:1".parse().unwrap());
+        c.on_event(&other);
+        assert_eq!(c.owner_scans, 1);
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.view(7).pid.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            c.poll_scan();
+        }
+        assert_eq!(c.view(7).pid, Some(me), "resolved when the scan came back");
+        assert_eq!(c.view(9).pid, None, "nothing listens there");
+        assert!(c.scan_cost < INLINE_SCAN_MAX, "{:?}", c.scan_cost);
+        // The cache answers the next connection at once.
+        open.cookie = 8;
+        c.on_event(&open);
+        assert_eq!(c.view(8).pid, Some(me));
+        assert_eq!(c.owner_scans, 1);
+        // Unresolved counts connections reported without an owner, not misses on the way.
+        open.lifecycle = Lifecycle::Close;
+        open.cookie = 7;
+        assert_eq!(c.on_event(&open).unwrap().pid, Some(me));
+        assert_eq!(c.unresolved, 0);
+        other.lifecycle = Lifecycle::Close;
+        assert_eq!(c.on_event(&other).unwrap().pid, None);
+        assert_eq!(c.unresolved, 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `homeserver_sensor_connection_bytes_total` | counter | `direction` (`in`, `out`) |
 //! | `homeserver_sensor_alerts_total` | counter | `rule` |
 //! | `homeserver_sensor_events_dropped_total` | counter | `cause` |
+//! | `homeserver_sensor_owner_scans_total` | counter | `thread` (`event_loop`, `own_thread`) |
 //! | `homeserver_sensor_bpf_program_run_seconds_total` | counter | `program` |
 //! | `homeserver_sensor_bpf_program_runs_total` | counter | `program` |
 //! | `homeserver_sensor_watched_processes` | gauge | |
@@ -312,6 +313,15 @@ impl Metrics {
     /// keeps its last total.
     pub fn set_drops(&self, totals: &[(String, u64)]) {
         self.totals.set_drops(totals);
+    }
+
+    /// Scans of /proc for connection owners, absolute totals by where they ran:
+    /// `homeserver_sensor_owner_scans_total{thread}` (`event_loop`, `own_thread`).
+    pub fn set_owner_scans(&self, on_loop: u64, own_thread: u64) {
+        self.totals.set_owner_scans(&[
+            ("event_loop".to_string(), on_loop),
+            ("own_thread".to_string(), own_thread),
+        ]);
     }
 
     /// Per-program BPF run time (nanoseconds) and run count, absolute totals from the

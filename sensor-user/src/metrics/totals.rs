@@ -30,6 +30,7 @@ struct ProgramTotals {
 pub(super) struct Totals {
     drops: Mutex<BTreeMap<String, u64>>,
     head_outcomes: Mutex<BTreeMap<String, u64>>,
+    owner_scans: Mutex<BTreeMap<String, u64>>,
     programs: Mutex<BTreeMap<String, ProgramTotals>>,
 }
 
@@ -60,6 +61,16 @@ impl Totals {
             .unwrap_or_else(PoisonError::into_inner);
         for (outcome, total) in totals {
             store(&mut map, outcome, *total);
+        }
+    }
+
+    pub(super) fn set_owner_scans(&self, totals: &[(String, u64)]) {
+        let mut map = self
+            .owner_scans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (thread, total) in totals {
+            store(&mut map, thread, *total);
         }
     }
 
@@ -114,6 +125,11 @@ impl Collector for Totals {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let scans = self
+            .owner_scans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let programs = self
             .programs
             .lock()
@@ -136,6 +152,15 @@ impl Collector for Totals {
             None,
             "outcome",
             heads.into_iter(),
+        )?;
+        encode_counters(
+            &mut encoder,
+            "owner_scans",
+            "Scans of /proc for the process owning a connection, by where they ran \
+             (event_loop: while scans are cheap; own_thread: once one took 20 ms or more).",
+            None,
+            "thread",
+            scans.into_iter(),
         )?;
         encode_counters(
             &mut encoder,
