@@ -73,7 +73,10 @@ struct Pending {
     bytes_out: u64,
     /// The head's bytes until it is parsed, then empty.
     head: Vec<u8>,
-    outcome: Option<Result<Parsed, HeadError>>,
+    /// Boxed: a keep-alive connection holds its last request until the next head or the
+    /// close, so this map holds one entry per open connection (100,000 of them on a big
+    /// homeserver), and its slots stay small.
+    outcome: Option<Result<Box<Parsed>, HeadError>>,
     /// Chunks were lost (ring buffer full) or arrived out of order.
     damaged: bool,
     heads_lost: u32,
@@ -197,7 +200,7 @@ impl Requests {
             self.damaged += 1;
         }
         let (parsed, head) = match outcome {
-            Ok(parsed) => (Some(parsed), "parsed"),
+            Ok(parsed) => (Some(*parsed), "parsed"),
             Err(e) => (None, e.name()),
         };
         let endpoint = parsed.as_ref().map(|x| &x.endpoint);
@@ -244,9 +247,9 @@ impl Requests {
         cut: bool,
         conn: ConnView,
         attribution: &Attribution,
-    ) -> Result<Parsed, HeadError> {
+    ) -> Result<Box<Parsed>, HeadError> {
         let head = std::mem::take(&mut p.head);
-        let result = http::parse(&head, cut).map(|h| derive(&h, conn, attribution));
+        let result = http::parse(&head, cut).map(|h| Box::new(derive(&h, conn, attribution)));
         *self
             .outcomes
             .entry(result.as_ref().map_or_else(|e| e.name(), |_| "parsed"))
