@@ -122,18 +122,26 @@ impl AgentProcess {
 
     /// Resident memory now and its peak (VmRSS, VmHWM), in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
+        (self.status_mib("VmRSS:"), self.status_mib("VmHWM:"))
+    }
+
+    /// The anonymous part of the resident memory (RssAnon: heap and stacks, what the agent
+    /// allocates), in MiB; the rest is the binary, libc and the ring buffer's mapping.
+    pub fn anon_mib(&self) -> f64 {
+        self.status_mib("RssAnon:")
+    }
+
+    /// A kB field of /proc/PID/status, in MiB.
+    fn status_mib(&self, name: &str) -> f64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        let field = |name: &str| -> f64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("no {name} in /proc/PID/status"))
-                / 1024.0
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/PID/status"))
+            / 1024.0
     }
 
     /// Asserts the agent is still running (a workload that killed it gives no figure).

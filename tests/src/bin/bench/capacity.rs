@@ -285,6 +285,8 @@ pub struct MemPhase {
     pub idle_rss_mib: f64,
     pub rss_mib: f64,
     pub hwm_mib: f64,
+    /// RssAnon: heap and stacks.
+    pub anon_mib: f64,
     pub tracked: f64,
     pub requests: f64,
     pub drops: Vec<(String, f64)>,
@@ -423,6 +425,7 @@ fn settle(agent: &mut AgentProcess, count: usize, idle: f64, t0: Instant, what: 
         idle_rss_mib: idle,
         rss_mib: rss,
         hwm_mib: hwm,
+        anon_mib: agent.anon_mib(),
         tracked,
         requests,
         drops,
@@ -433,11 +436,12 @@ fn settle(agent: &mut AgentProcess, count: usize, idle: f64, t0: Instant, what: 
 impl MemPhase {
     fn print(&self) {
         println!(
-            "  {} {}: agent RSS {:.1} MiB (peak {:.1}), idle before {:.1} MiB; it tracked {} connections, {} completed requests; drops {}; load took {:.1} s",
+            "  {} {}: agent RSS {:.1} MiB (peak {:.1}; heap and stacks {:.1}), idle before {:.1} MiB; it tracked {} connections, {} completed requests; drops {}; load took {:.1} s",
             num(self.count as f64, 0),
             self.what,
             self.rss_mib,
             self.hwm_mib,
+            self.anon_mib,
             self.idle_rss_mib,
             num(self.tracked, 0),
             num(self.requests, 0),
@@ -449,7 +453,7 @@ impl MemPhase {
     fn json(&self) -> Value {
         json!({
             "what": self.what, "count": self.count, "idle_rss_mib": self.idle_rss_mib,
-            "rss_mib": self.rss_mib, "peak_rss_mib": self.hwm_mib,
+            "rss_mib": self.rss_mib, "peak_rss_mib": self.hwm_mib, "anon_rss_mib": self.anon_mib,
             "tracked_connections": self.tracked, "completed_requests": self.requests,
             "drops": self.drops.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "load_secs": self.secs,
