@@ -160,6 +160,8 @@ fn kernel_totals_are_counters_holding_the_latest_totals() {
     m.set_drops(&[("ring_full".into(), 5)]);
     m.set_head_outcomes(&[("parsed".into(), 120), ("cut".into(), 2)]);
     m.set_head_outcomes(&[("parsed".into(), 130), ("cut".into(), 2)]);
+    m.set_owner_scans(4, 0);
+    m.set_owner_scans(5, 2);
     m.set_program_stats(&[
         ("conn_ingress".into(), 1_500_000_000, 7_000_000),
         ("conn_sockops".into(), 250_000, 50),
@@ -174,6 +176,9 @@ fn kernel_totals_are_counters_holding_the_latest_totals() {
     let heads = "homeserver_sensor_request_heads_total";
     assert_eq!(value(&s, heads, &[("outcome", "parsed")]), 130.0);
     assert_eq!(value(&s, heads, &[("outcome", "cut")]), 2.0);
+    let scans = "homeserver_sensor_owner_scans_total";
+    assert_eq!(value(&s, scans, &[("thread", "event_loop")]), 5.0);
+    assert_eq!(value(&s, scans, &[("thread", "own_thread")]), 2.0);
     let seconds = "homeserver_sensor_bpf_program_run_seconds_total";
     assert_eq!(value(&s, seconds, &[("program", "conn_ingress")]), 3.0);
     assert_eq!(value(&s, seconds, &[("program", "conn_sockops")]), 0.00025);

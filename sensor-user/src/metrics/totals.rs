@@ -46,32 +46,25 @@ fn store<V>(map: &mut BTreeMap<String, V>, key: &str, value: V) {
     }
 }
 
+/// Stores each total under its label value.
+fn store_all(map: &Mutex<BTreeMap<String, u64>>, totals: &[(String, u64)]) {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    for (key, total) in totals {
+        store(&mut map, key, *total);
+    }
+}
+
 impl Totals {
     pub(super) fn set_drops(&self, totals: &[(String, u64)]) {
-        let mut map = self.drops.lock().unwrap_or_else(PoisonError::into_inner);
-        for (cause, total) in totals {
-            store(&mut map, cause, *total);
-        }
+        store_all(&self.drops, totals);
     }
 
     pub(super) fn set_head_outcomes(&self, totals: &[(String, u64)]) {
-        let mut map = self
-            .head_outcomes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (outcome, total) in totals {
-            store(&mut map, outcome, *total);
-        }
+        store_all(&self.head_outcomes, totals);
     }
 
     pub(super) fn set_owner_scans(&self, totals: &[(String, u64)]) {
-        let mut map = self
-            .owner_scans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (thread, total) in totals {
-            store(&mut map, thread, *total);
-        }
+        store_all(&self.owner_scans, totals);
     }
 
     pub(super) fn set_program_stats(&self, stats: &[(String, u64, u64)]) {
