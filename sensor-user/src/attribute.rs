@@ -9,9 +9,9 @@
 //! event loop only while scans are cheap (the last took under [`INLINE_SCAN_MAX`]);
 //! otherwise it runs on a thread of its own, the connections it is for stay unresolved
 //! meanwhile, and every open connection without an owner is resolved again when its result
-//! comes. Scans that find nothing new are spaced (at least [`OWNER_RESCAN_MIN`], and four
-//! times the last scan's duration), so that the agent never spends more than a fifth of a
-//! core on them whatever the connections do.
+//! comes. Scans start at least [`OWNER_RESCAN_MIN`] and four times the last scan's duration
+//! apart, so that they never take more than a quarter of a core whatever the connections
+//! do.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -256,7 +256,7 @@ impl Connections {
             .spawn(move || {
                 let started = Instant::now();
                 let owners = SocketOwners::scan(&proc_root, &pids);
-                // The receiver is gone only if the agent stopped or the PIDs changed.
+                // The receiver is gone only once the agent stopped.
                 let _ = tx.send((owners, started.elapsed()));
             });
         match spawned {
