@@ -388,7 +388,7 @@ pub async fn run_reloadable(
 /// Gives the heap freed so far back to the system. Loading parses the kernel's BTF (several
 /// MiB of type information, dropped once the programs are loaded); glibc keeps freed heap
 /// for reuse, which would leave the idle agent's resident memory that much higher for its
-/// whole life. (musl, the static builds' libc, returns it by itself.)
+/// whole life. (musl, the static builds' libc, has no `malloc_trim`: not measured there.)
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages; no pointer is invalidated.
