@@ -18,7 +18,7 @@ use std::{
 use crate::{
     client_ip::{ClientAddress, TrustedProxies, client_address},
     decode::HeadChunk,
-    endpoint::{self, Endpoint},
+    endpoint::{self, Class},
     http::{self, HeadError},
     identity::{self, Fingerprint, FingerprintKey, TokenSource},
     output::RequestRecord,
@@ -54,15 +54,96 @@ pub struct InProgress {
     pub path: String,
 }
 
-/// What a parsed head leaves behind.
+/// What a parsed head leaves behind, until its exchange ends. A keep-alive connection holds
+/// its last request until the next head or the close, so there is one of these per open
+/// connection (100,000 on a big homeserver): fixed-size facts inline, every string in one
+/// allocation.
 #[derive(Clone, Debug)]
 struct Parsed {
-    method: String,
-    path: String,
-    endpoint: Endpoint,
+    endpoint: &'static str,
+    class: Class,
+    full_state: Option<bool>,
+    since: Option<bool>,
     client: Option<ClientAddress>,
     token: Option<(Fingerprint, TokenSource)>,
-    user: Option<String>,
+    /// Indexed by [`Text`].
+    text: PackedStrs<{ Text::COUNT }>,
+}
+
+/// The strings of a [`Parsed`], by their index in its `text`.
+#[derive(Clone, Copy)]
+enum Text {
+    Method,
+    Path,
+    Room,
+    EventId,
+    TargetUser,
+    MediaServer,
+    MediaId,
+    User,
+}
+
+impl Text {
+    const COUNT: usize = 8;
+}
+
+impl Parsed {
+    fn get(&self, which: Text) -> Option<&str> {
+        self.text.get(which as usize)
+    }
+
+    fn owned(&self, which: Text) -> Option<String> {
+        self.get(which).map(str::to_owned)
+    }
+}
+
+/// `N` optional strings in one allocation: their concatenation and where each ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PackedStrs<const N: usize> {
+    text: Box<str>,
+    /// The end of each string in `text`, or `ABSENT`.
+    ends: [u32; N],
+}
+
+impl<const N: usize> PackedStrs<N> {
+    const ABSENT: u32 = u32::MAX;
+
+    fn new(parts: [Option<&str>; N]) -> Self {
+        let mut text = String::with_capacity(parts.iter().flatten().map(|p| p.len()).sum());
+        let mut ends = [Self::ABSENT; N];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            if let Some(part) = part {
+                text.push_str(part);
+                // Heads are at most a few KiB (`HEAD_CAPTURE` per head): a text of 4 GiB
+                // cannot be built from them.
+                *end = u32::try_from(text.len()).unwrap_or(Self::ABSENT - 1);
+            }
+        }
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        if end == Self::ABSENT {
+            return None;
+        }
+        let start = self.ends[..i]
+            .iter()
+            .rev()
+            .find(|&&e| e != Self::ABSENT)
+            .map_or(0, |&e| e);
+        self.text.get(start as usize..end as usize)
+    }
+}
+
+/// A request's head: its bytes until it is complete, then what parsing it left.
+enum Head {
+    Collecting(Vec<u8>),
+    Parsed(Parsed),
+    Failed(HeadError),
 }
 
 /// A request whose head has started and whose exchange is not over.
@@ -71,12 +152,8 @@ struct Pending {
     /// The connection's counters at the head's start.
     bytes_in: u64,
     bytes_out: u64,
-    /// The head's bytes until it is parsed, then empty.
-    head: Vec<u8>,
-    /// Boxed: a keep-alive connection holds its last request until the next head or the
-    /// close, so this map holds one entry per open connection (100,000 of them on a big
-    /// homeserver), and its slots stay small.
-    outcome: Option<Result<Box<Parsed>, HeadError>>,
+    /// Raw bytes only until the head is parsed.
+    head: Head,
     /// Chunks were lost (ring buffer full) or arrived out of order.
     damaged: bool,
     heads_lost: u32,
@@ -119,8 +196,7 @@ impl Requests {
                     ts_ns: chunk.ts_ns,
                     bytes_in: chunk.bytes_in,
                     bytes_out: chunk.bytes_out,
-                    head: Vec::with_capacity(chunk.data.len()),
-                    outcome: None,
+                    head: Head::Collecting(Vec::with_capacity(chunk.data.len())),
                     damaged: false,
                     heads_lost: chunk.heads_lost,
                 },
@@ -131,22 +207,22 @@ impl Requests {
             self.damaged += 1;
             return finished;
         };
-        if p.outcome.is_some() {
+        let Head::Collecting(bytes) = &mut p.head else {
             return finished;
-        }
-        if chunk.offset as usize != p.head.len() || chunk.heads_lost != p.heads_lost {
+        };
+        if chunk.offset as usize != bytes.len() || chunk.heads_lost != p.heads_lost {
             p.damaged = true;
         }
-        p.head.extend_from_slice(&chunk.data);
-        let (cookie, end, cut) = (chunk.cookie, chunk.end, chunk.cut);
-        drop(chunk);
-        if end || cut {
+        bytes.extend_from_slice(&chunk.data);
+        if chunk.end || chunk.cut {
             // Complete: parse now, so the raw bytes go at once.
-            if let Some(mut p) = self.pending.remove(&cookie) {
-                let outcome = self.parse(&mut p, cut, conn, attribution);
-                p.outcome = Some(outcome);
-                self.pending.insert(cookie, p);
-            }
+            p.head = parse(
+                std::mem::take(bytes),
+                chunk.cut,
+                conn,
+                attribution,
+                &mut self.outcomes,
+            );
         }
         finished
     }
@@ -169,93 +245,94 @@ impl Requests {
     /// events about the transfer that is running (the single-transfer threshold).
     pub fn in_progress(&self, cookie: u64) -> Option<InProgress> {
         let p = self.pending.get(&cookie)?;
-        let Some(Ok(parsed)) = &p.outcome else {
+        let Head::Parsed(parsed) = &p.head else {
             return None;
         };
         Some(InProgress {
             since_ns: p.ts_ns,
             client_ip: parsed.client.map(|c| c.ip.to_string()),
             token: parsed.token.map(|(f, _)| f),
-            user: parsed.user.clone(),
-            endpoint: parsed.endpoint.name,
-            path: parsed.path.clone(),
+            user: parsed.owned(Text::User),
+            endpoint: parsed.endpoint,
+            path: parsed.owned(Text::Path).unwrap_or_default(),
         })
     }
 
     fn finish(
         &mut self,
-        mut p: Pending,
+        p: Pending,
         cookie: u64,
         (bytes_in, bytes_out): (u64, u64),
         conn: ConnView,
         attribution: &Attribution,
         clock: &KernelClock,
     ) -> RequestRecord {
-        let outcome = match p.outcome.take() {
-            Some(o) => o,
+        let head = match p.head {
             // The head never ended: parse what came (it will say `incomplete`).
-            None => self.parse(&mut p, false, conn, attribution),
+            Head::Collecting(bytes) => parse(bytes, false, conn, attribution, &mut self.outcomes),
+            done => done,
         };
         if p.damaged {
             self.damaged += 1;
         }
-        let (parsed, head) = match outcome {
-            Ok(parsed) => (Some(*parsed), "parsed"),
-            Err(e) => (None, e.name()),
+        let (parsed, head) = match head {
+            Head::Parsed(parsed) => (Some(parsed), "parsed"),
+            Head::Failed(e) => (None, e.name()),
+            Head::Collecting(_) => unreachable!("parse() leaves no head collecting"),
         };
-        let endpoint = parsed.as_ref().map(|x| &x.endpoint);
+        let parsed = parsed.as_ref();
+        let text = |which| parsed.and_then(|x| x.owned(which));
+        let client = parsed.and_then(|x| x.client);
+        let token = parsed.and_then(|x| x.token);
         RequestRecord {
             ts: clock.rfc3339(p.ts_ns),
             pid: conn.pid,
             local: conn.local.map(|a| a.to_string()),
             peer: conn.peer.map(|a| a.to_string()),
             cookie,
-            method: parsed.as_ref().map(|x| x.method.clone()),
-            path: parsed.as_ref().map(|x| x.path.clone()),
-            endpoint: endpoint.map_or("unparsed", |e| e.name),
-            class: endpoint.map(|e| e.class),
-            client_ip: parsed
-                .as_ref()
-                .and_then(|x| x.client)
-                .map(|c| c.ip.to_string()),
-            client_ip_source: parsed.as_ref().and_then(|x| x.client).map(|c| c.source),
-            forwarding_ignored: parsed
-                .as_ref()
-                .and_then(|x| x.client)
-                .is_some_and(|c| c.ignored_forwarding),
-            token: parsed.as_ref().and_then(|x| x.token).map(|(f, _)| f),
-            token_source: parsed.as_ref().and_then(|x| x.token).map(|(_, s)| s),
-            user: parsed.as_ref().and_then(|x| x.user.clone()),
+            method: text(Text::Method),
+            path: text(Text::Path),
+            endpoint: parsed.map_or("unparsed", |x| x.endpoint),
+            class: parsed.map(|x| x.class),
+            client_ip: client.map(|c| c.ip.to_string()),
+            client_ip_source: client.map(|c| c.source),
+            forwarding_ignored: client.is_some_and(|c| c.ignored_forwarding),
+            token: token.map(|(f, _)| f),
+            token_source: token.map(|(_, s)| s),
+            user: text(Text::User),
             bytes_in: bytes_in.saturating_sub(p.bytes_in),
             bytes_out: bytes_out.saturating_sub(p.bytes_out),
-            room: endpoint.and_then(|e| e.room.clone()),
-            event_id: endpoint.and_then(|e| e.event_id.clone()),
-            target_user: endpoint.and_then(|e| e.user_id.clone()),
-            media_server: endpoint.and_then(|e| e.media.as_ref().map(|m| m.server.clone())),
-            media_id: endpoint.and_then(|e| e.media.as_ref().map(|m| m.media_id.clone())),
-            full_state: endpoint.and_then(|e| e.full_state),
-            since: endpoint.and_then(|e| e.since),
+            room: text(Text::Room),
+            event_id: text(Text::EventId),
+            target_user: text(Text::TargetUser),
+            media_server: text(Text::MediaServer),
+            media_id: text(Text::MediaId),
+            full_state: parsed.and_then(|x| x.full_state),
+            since: parsed.and_then(|x| x.since),
             head,
             complete: !p.damaged,
         }
     }
+}
 
-    /// Parses the pending head, counts its outcome and drops its bytes.
-    fn parse(
-        &mut self,
-        p: &mut Pending,
-        cut: bool,
-        conn: ConnView,
-        attribution: &Attribution,
-    ) -> Result<Box<Parsed>, HeadError> {
-        let head = std::mem::take(&mut p.head);
-        let result = http::parse(&head, cut).map(|h| Box::new(derive(&h, conn, attribution)));
-        *self
-            .outcomes
-            .entry(result.as_ref().map_or_else(|e| e.name(), |_| "parsed"))
-            .or_default() += 1;
-        result
-    }
+/// Parses a complete (or never completed) head, counts its outcome, and drops its bytes.
+fn parse(
+    bytes: Vec<u8>,
+    cut: bool,
+    conn: ConnView,
+    attribution: &Attribution,
+    outcomes: &mut BTreeMap<&'static str, u64>,
+) -> Head {
+    let head = match http::parse(&bytes, cut) {
+        Ok(h) => Head::Parsed(derive(&h, conn, attribution)),
+        Err(e) => Head::Failed(e),
+    };
+    let name = match &head {
+        Head::Failed(e) => e.name(),
+        _ => "parsed",
+    };
+    *outcomes.entry(name).or_default() += 1;
+    head
 }
 
 /// Everything the sensor keeps of a parsed head.
@@ -270,14 +347,36 @@ fn derive(h: &http::RequestHead<'_>, conn: ConnView, a: &Attribution) -> Parsed 
         None => (None, None),
     };
     drop(token);
+    let e = endpoint::classify(h.method, h.target);
+    let path = identity::redact_target(h.target);
+    let mut text = [None; Text::COUNT];
+    for (which, value) in [
+        (Text::Method, Some(h.method)),
+        (Text::Path, Some(&*path)),
+        (Text::Room, e.room.as_deref()),
+        (Text::EventId, e.event_id.as_deref()),
+        (Text::TargetUser, e.user_id.as_deref()),
+        (
+            Text::MediaServer,
+            e.media.as_ref().map(|m| m.server.as_str()),
+        ),
+        (Text::MediaId, e.media.as_ref().map(|m| m.media_id.as_str())),
+        (Text::User, user.as_deref()),
+    ] {
+        text[which as usize] = value;
+    }
     Parsed {
-        method: h.method.to_string(),
-        path: identity::redact_target(h.target).into_owned(),
-        endpoint: endpoint::classify(h.method, h.target),
+        endpoint: e.name,
+        class: e.class,
+        full_state: e.full_state,
+        since: e.since,
         client: conn
             .peer
             .map(|peer| client_address(peer.ip(), &h.headers, &a.trusted)),
         token: fingerprint,
-        user,
+        text: PackedStrs::new(text),
     }
 }
+
+#[cfg(test)]
+mod tests;
