@@ -195,6 +195,30 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(upstream: SocketAddr) -> Self {
+        Self::serving(256, None, |port| {
+            format!(
+                r#"listen 127.0.0.1:{port};
+        server_name matrix.test.example;
+        location ~ ^(/_matrix|/_synapse/client|/_synapse/admin) {{
+            proxy_pass http://{upstream};
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Host $host:$server_port;
+            client_max_body_size 50M;
+            proxy_http_version 1.1;
+        }}"#
+            )
+        })
+    }
+
+    /// One nginx process (no master) with one `server` block, whose body `server` writes
+    /// for the free loopback port it is given; in `cgroup` if one is given. Logs and
+    /// temporary files go to a directory of its own.
+    pub fn serving(
+        worker_connections: u32,
+        cgroup: Option<&Cgroup>,
+        server: impl FnOnce(u16) -> String,
+    ) -> Self {
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .map(PathBuf::from)
@@ -207,13 +231,14 @@ impl Nginx {
             .expect("free port")
             .port();
         let d = dir.path.display();
+        let server = server(port);
         let conf = format!(
             r#"daemon off;
 master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/body;
@@ -222,16 +247,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{port};
-        server_name matrix.test.example;
-        location ~ ^(/_matrix|/_synapse/client|/_synapse/admin) {{
-            proxy_pass http://{upstream};
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header Host $host:$server_port;
-            client_max_body_size 50M;
-            proxy_http_version 1.1;
-        }}
+        {server}
     }}
 }}
 "#
@@ -243,8 +259,8 @@ http {{
             .arg(&conf_path)
             .arg("-e")
             .arg(dir.path.join("error.log"));
-        let process = Process::spawn(cmd, None);
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let process = Process::spawn(cmd, cgroup);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         for _ in 0..200 {
             if TcpStream::connect(addr).is_ok() {
                 return Self {

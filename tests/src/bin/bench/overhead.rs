@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use homeserver_sensor_tests::{Cgroup, Process, Server, TempDir};
+use homeserver_sensor_tests::{Cgroup, Nginx, Process, Server};
 use serde_json::{Value, json};
 
 use crate::{
@@ -130,7 +130,7 @@ pub struct Overhead {
 /// killed before their cgroup is removed.
 struct Fixtures {
     server: Server,
-    nginx: NginxStatic,
+    nginx: Nginx,
     sink: SocketAddr,
     cgroup: Cgroup,
 }
@@ -148,7 +148,7 @@ pub fn run(opts: &Opts) -> Option<Overhead> {
     let cgroup = Cgroup::new("bench");
     let fx = Fixtures {
         server: Server::start(&["127.0.0.1:0"], Some(&cgroup)),
-        nginx: NginxStatic::start(&cgroup),
+        nginx: nginx_static(&cgroup),
         sink: start_sink(),
         cgroup,
     };
@@ -275,69 +275,17 @@ fn start_sink() -> SocketAddr {
 
 /// Debian's nginx as a small real HTTP server, in the watched cgroup: one worker process,
 /// a fixed 13-byte JSON answer for every path, no access log.
-struct NginxStatic {
-    addr: SocketAddr,
-    _process: Process,
-    _dir: TempDir,
-}
-
-impl NginxStatic {
-    fn start(cgroup: &Cgroup) -> Self {
-        let dir = TempDir::new("bench-nginx");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let d = dir.path.display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
+/// nginx answering every request with a small static JSON body, in the watched cgroup.
+fn nginx_static(cgroup: &Cgroup) -> Nginx {
+    Nginx::serving(1024, Some(cgroup), |port| {
+        format!(
+            r#"listen 127.0.0.1:{port} backlog=4096;
         location / {{
             default_type application/json;
             return 200 '{{"chunk":[]}}';
-        }}
-    }}
-}}
-"#
-        );
-        let conf_path = dir.path.join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("nginx is not installed: apt-get install nginx-light (.ci/run does)");
-        let mut cmd = Command::new(nginx);
-        cmd.arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path.join("error.log"));
-        let process = Process::spawn(cmd, Some(cgroup));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Self {
-                    addr,
-                    _process: process,
-                    _dir: dir,
-                };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("nginx did not start on {addr}");
-    }
+        }}"#
+        )
+    })
 }
 
 impl Overhead {
