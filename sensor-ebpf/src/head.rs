@@ -32,8 +32,12 @@ use crate::{
     skb::NewData,
 };
 
-/// `BPF_RB_NO_WAKEUP` from include/uapi/linux/bpf.h.
+/// `BPF_RB_NO_WAKEUP` and `BPF_RB_FORCE_WAKEUP` (output flags), `BPF_RB_AVAIL_DATA` and
+/// `BPF_RB_RING_SIZE` (`bpf_ringbuf_query` flags), from include/uapi/linux/bpf.h.
 const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 
 /// `\r\n\r\n` as the last four bytes of a big-endian window.
 const HEAD_END: u32 = 0x0d0a_0d0a;
@@ -180,8 +184,15 @@ fn capture(
     };
     // No wakeup per head: at thousands of requests a second, waking the agent for each
     // costs more than everything else here. The agent drains on a short timer (and on the
-    // connection events, which do wake it).
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+    // connection events, which do wake it). Except when the ring is a quarter full: the
+    // agent's timer may have backed off (250 ms when idle), and a burst that starts then
+    // would fill the ring before it fires.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         stats.heads_lost += 1;
         count_drop(Drop::RingbufHead);
     }

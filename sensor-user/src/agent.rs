@@ -47,8 +47,8 @@ use crate::{
 /// How often the ring buffer is drained without a wakeup while request heads flow: the
 /// most a head waits then.
 const HEAD_DRAIN_MIN: Duration = Duration::from_millis(10);
-/// The longest the timer backs off to when no heads came (connection events still wake
-/// the agent at once).
+/// The longest the timer backs off to when no heads came (connection events, and heads
+/// filling a quarter of the ring, still wake the agent at once).
 const HEAD_DRAIN_MAX: Duration = Duration::from_millis(250);
 
 /// What to watch. Empty means: discover the homeserver's processes.
@@ -319,10 +319,11 @@ pub async fn run_reloadable(
     let mut rescan = tokio::time::interval(rescan_every);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    // Request heads do not wake the agent (see sensor-ebpf/src/head.rs): drain on a timer,
-    // every 10 ms while heads flow, backing off to 250 ms when none came (an idle agent
-    // must not wake a hundred times a second: on a small machine that moves the
-    // homeserver's threads around).
+    // Request heads do not wake the agent (see sensor-ebpf/src/head.rs) until they fill a
+    // quarter of the ring: drain on a timer, every 10 ms while heads flow, backing off to
+    // 250 ms when none came (an idle agent must not wake a hundred times a second: on a
+    // small machine that moves the homeserver's threads around). Any wakeup brings the
+    // timer back to 10 ms.
     let mut drain_every = HEAD_DRAIN_MIN;
     let drain_timer = tokio::time::sleep(drain_every);
     tokio::pin!(drain_timer);
@@ -341,10 +342,13 @@ pub async fn run_reloadable(
             _ = &mut deadline => break,
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(AgentError::Poll)?;
-                if agent.drain(guard.get_inner_mut())? > 0 {
-                    drain_every = HEAD_DRAIN_MIN;
-                }
+                agent.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
+                // A wakeup means traffic: a connection opened or closed (heads follow), or
+                // heads filled a quarter of the ring. Drain soon, not after a backed-off
+                // timer.
+                drain_every = HEAD_DRAIN_MIN;
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + drain_every);
             }
             _ = &mut drain_timer => {
                 drain_every = if agent.drain(events.get_mut())? > 0 {

@@ -120,6 +120,18 @@ impl AgentProcess {
         ticks as f64 / hz
     }
 
+    /// Time the agent's threads spent runnable but waiting for a CPU, in seconds (the
+    /// second field of each `/proc/PID/task/TID/schedstat`; threads that ended are not
+    /// counted).
+    pub fn runqueue_wait_seconds(&self) -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("task dir");
+        let ns: u64 = tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        ns as f64 / 1e9
+    }
+
     /// Resident memory now and its peak (VmRSS, VmHWM), in MiB.
     pub fn rss_mib(&self) -> (f64, f64) {
         (self.status_mib("VmRSS:"), self.status_mib("VmHWM:"))

@@ -44,6 +44,10 @@ pub struct Step {
     pub cpu_percent: f64,
     pub rss_mib: f64,
     pub hwm_mib: f64,
+    /// Over the load: the hypervisor's steal time on the agent's CPU, in % of the load's
+    /// duration, and the time the agent's threads waited runnable for a CPU (ms).
+    pub steal_percent: f64,
+    pub runqueue_wait_ms: f64,
 }
 
 pub struct Capacity {
@@ -73,7 +77,7 @@ pub fn run(opts: &Opts) -> Option<Capacity> {
     }
     eprintln!("bench: agent capacity (heads per second on one CPU)");
     let cgroup = Cgroup::new("bench-capacity");
-    let mut agent = AgentProcess::start(&cgroup, "", Some(1));
+    let mut agent = AgentProcess::start(&cgroup, "", Some(AGENT_CPU));
     let (secs, rates): (u64, &[u64]) = if opts.quick {
         (1, &[20_000, 0])
     } else {
@@ -91,6 +95,11 @@ pub fn run(opts: &Opts) -> Option<Capacity> {
         let before = agent.scrape();
         let cpu0 = agent.cpu_seconds();
         let (responder, addr) = start_responder(&cgroup, CONNS, true, 0, true);
+        let (steal0, wait0, t0) = (
+            steal_seconds(AGENT_CPU),
+            agent.runqueue_wait_seconds(),
+            Instant::now(),
+        );
         let args: Vec<String> = [
             "heads".to_string(),
             target.to_string(),
@@ -101,6 +110,9 @@ pub fn run(opts: &Opts) -> Option<Capacity> {
         ]
         .into();
         let (achieved, sent) = run_worker(&args, None);
+        let load_s = t0.elapsed().as_secs_f64();
+        let steal_percent = (steal_seconds(AGENT_CPU) - steal0) / load_s * 100.0;
+        let runqueue_wait_ms = (agent.runqueue_wait_seconds() - wait0) * 1e3;
         drop(responder);
         // The agent drains heads every 10 ms and publishes its totals once a second.
         std::thread::sleep(Duration::from_millis(2_200));
@@ -129,9 +141,11 @@ pub fn run(opts: &Opts) -> Option<Capacity> {
             cpu_percent: cpu / secs as f64 * 100.0,
             rss_mib: rss,
             hwm_mib: hwm,
+            steal_percent,
+            runqueue_wait_ms,
         };
         eprintln!(
-            "bench:   offered {} heads/s, achieved {}, agent parsed {} of {}, drops {:?}, agent CPU {:.0} %",
+            "bench:   offered {} heads/s, achieved {}, agent parsed {} of {}, drops {:?}, agent CPU {:.0} %, steal {:.1} %, agent waited {:.0} ms for a CPU",
             if target == 0 {
                 "max".to_string()
             } else {
@@ -141,7 +155,9 @@ pub fn run(opts: &Opts) -> Option<Capacity> {
             num(parsed, 0),
             num(sent as f64, 0),
             step.drops,
-            step.cpu_percent
+            step.cpu_percent,
+            step.steal_percent,
+            step.runqueue_wait_ms
         );
         let had_drops = !step.drops.is_empty();
         let short = target > 0 && achieved < 0.9 * target as f64;
@@ -197,6 +213,27 @@ fn start_responder(
 }
 
 /// The `cause` label of a drop counter sample.
+/// The CPU the agent is pinned to.
+const AGENT_CPU: usize = 1;
+
+/// Steal time of one CPU so far (`/proc/stat`, the eighth value of its `cpuN` line: time a
+/// hypervisor ran something else while this vCPU wanted to run), in seconds.
+fn steal_seconds(cpu: usize) -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("no {name} line in /proc/stat"));
+    let ticks: u64 = line
+        .split_whitespace()
+        .nth(8)
+        .and_then(|v| v.parse().ok())
+        .expect("steal field");
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 fn label(key: &str) -> String {
     key.split('"').nth(1).unwrap_or(key).to_string()
 }
@@ -207,12 +244,20 @@ impl Capacity {
             "Agent capacity: homeserver-sensor pinned to CPU 1, generator on CPU 0 ({CONNS} keep-alive connections)"
         );
         println!(
-            "{:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}  drops",
-            "offered/s", "achieved/s", "heads sent", "parsed", "agent CPU", "RSS MiB", "peak MiB"
+            "{:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>7} {:>9}  drops",
+            "offered/s",
+            "achieved/s",
+            "heads sent",
+            "parsed",
+            "agent CPU",
+            "RSS MiB",
+            "peak MiB",
+            "steal",
+            "CPU wait"
         );
         for s in &self.steps {
             println!(
-                "{:>10} {:>10} {:>12} {:>12} {:>8.0}% {:>9.1} {:>9.1}  {}",
+                "{:>10} {:>10} {:>12} {:>12} {:>8.0}% {:>9.1} {:>9.1} {:>6.1}% {:>6.0} ms  {}",
                 if s.target == 0 {
                     "max".to_string()
                 } else {
@@ -224,6 +269,8 @@ impl Capacity {
                 s.cpu_percent,
                 s.rss_mib,
                 s.hwm_mib,
+                s.steal_percent,
+                s.runqueue_wait_ms,
                 if s.drops.is_empty() {
                     "none".to_string()
                 } else {
@@ -262,6 +309,8 @@ impl Capacity {
                     "drops": s.drops.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "agent_cpu_percent": s.cpu_percent, "agent_rss_mib": s.rss_mib,
                     "agent_peak_rss_mib": s.hwm_mib,
+                    "steal_percent_agent_cpu": s.steal_percent,
+                    "agent_runqueue_wait_ms": s.runqueue_wait_ms,
                 })
             })
             .collect();
