@@ -196,11 +196,13 @@ impl Sink {
 
 /// Writes records as JSON lines. The agent flushes after each batch (one drain of the ring
 /// buffer, or one record written outside a drain), so lines reach the file promptly without
-/// a write syscall per record; a line is never split across flushes, so a reader (or a
-/// crash) never
-/// sees half a line.
+/// a write syscall per record. Each line is serialised whole into a buffer of its own, then
+/// handed to the output in one write: the buffered writer never flushes half a line, so a
+/// reader (or a crash) never sees one, and serialisation costs no call through the output
+/// per JSON token.
 pub struct JsonLines {
     out: Box<dyn Write + Send>,
+    line: Vec<u8>,
 }
 
 impl JsonLines {
@@ -212,18 +214,23 @@ impl JsonLines {
                 OpenOptions::new().create(true).append(true).open(path)?,
             )),
         };
-        Ok(Self { out })
+        Ok(Self::to_writer(out))
     }
 
     /// For tests: write into any writer.
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
-        Self { out }
+        Self {
+            out,
+            line: Vec::with_capacity(1024),
+        }
     }
 
     /// Buffers one record; `flush` sends the batch.
     pub fn write(&mut self, record: &Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -303,6 +310,37 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["kind"], "connection");
         }
+    }
+
+    #[test]
+    fn a_buffered_output_is_never_handed_half_a_line() {
+        // Every write that reaches the file, as it came.
+        #[derive(Clone, Default)]
+        struct Writes(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+        impl Write for Writes {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().push(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let writes = Writes::default();
+        // A buffer smaller than two lines: it must flush between them, never inside one.
+        let line_len = serde_json::to_vec(&Record::Connection(conn())).unwrap().len() + 1;
+        let buffered = BufWriter::with_capacity(line_len * 3 / 2, writes.clone());
+        let mut w = JsonLines::to_writer(Box::new(buffered));
+        for _ in 0..5 {
+            w.write(&Record::Connection(conn())).unwrap();
+        }
+        w.flush().unwrap();
+        let writes = writes.0.lock().unwrap();
+        assert!(writes.len() >= 4, "the small buffer flushed: {} writes", writes.len());
+        for chunk in writes.iter() {
+            assert!(chunk.ends_with(b"\n"), "a write ended inside a line");
+        }
+        assert_eq!(writes.iter().map(Vec::len).sum::<usize>(), 5 * line_len);
     }
 
     #[test]
