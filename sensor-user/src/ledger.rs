@@ -504,9 +504,9 @@ impl Inner {
             if !pending.addresses.contains_key(ip.as_str()) {
                 pending.addresses.insert(ip.clone(), Line::for_address(ip));
             }
-            let peer = req.token.map(|t| t.to_string());
+            let peer = req.token.map(|t| t.text());
             if let Some(line) = pending.addresses.get_mut(ip.as_str()) {
-                left_out += line.record(req, t, &items, peer.as_deref().unwrap_or(NONE));
+                left_out += line.record(req, t, &items, peer.as_ref().map_or(NONE, |p| p.as_str()));
             }
         }
         pending.requests += 1;

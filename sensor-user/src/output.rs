@@ -328,7 +328,10 @@ mod tests {
         }
         let writes = Writes::default();
         // A buffer smaller than two lines: it must flush between them, never inside one.
-        let line_len = serde_json::to_vec(&Record::Connection(conn())).unwrap().len() + 1;
+        let line_len = serde_json::to_vec(&Record::Connection(conn()))
+            .unwrap()
+            .len()
+            + 1;
         let buffered = BufWriter::with_capacity(line_len * 3 / 2, writes.clone());
         let mut w = JsonLines::to_writer(Box::new(buffered));
         for _ in 0..5 {
@@ -336,7 +339,11 @@ mod tests {
         }
         w.flush().unwrap();
         let writes = writes.0.lock().unwrap();
-        assert!(writes.len() >= 4, "the small buffer flushed: {} writes", writes.len());
+        assert!(
+            writes.len() >= 4,
+            "the small buffer flushed: {} writes",
+            writes.len()
+        );
         for chunk in writes.iter() {
             assert!(chunk.ends_with(b"\n"), "a write ended inside a line");
         }

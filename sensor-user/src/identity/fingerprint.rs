@@ -153,10 +153,37 @@ impl fmt::Debug for FingerprintKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint([u8; 8]);
 
+impl Fingerprint {
+    /// Its text, on the stack: what `Display` writes, without the formatting machinery (the
+    /// agent writes one or two per request).
+    pub fn text(&self) -> FingerprintText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; FingerprintText::LEN];
+        text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        for (i, b) in self.0.iter().enumerate() {
+            text[PREFIX.len() + 2 * i] = HEX[usize::from(b >> 4)];
+            text[PREFIX.len() + 2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        FingerprintText(text)
+    }
+}
+
+/// `tfp_` and 16 hex digits.
+#[derive(Clone, Copy)]
+pub struct FingerprintText([u8; FingerprintText::LEN]);
+
+impl FingerprintText {
+    const LEN: usize = PREFIX.len() + 16;
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it (`Fingerprint::text`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(PREFIX)?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -194,7 +221,7 @@ impl FromStr for Fingerprint {
 
 impl Serialize for Fingerprint {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.text().as_str())
     }
 }
 
