@@ -9,7 +9,7 @@ use sensor_common::{
     kernel::{AF_INET, AF_INET6},
 };
 
-use crate::maps::{CONNS, EVENTS, count_drop};
+use crate::maps::{CONNS, EVENTS, count_drop, lazy_wakeup};
 
 /// Returns the entry of `cookie`, creating it (with `source`, `flags` and `tgid`) when absent.
 #[inline(always)]
@@ -73,7 +73,8 @@ pub fn emit(
         (*event).tcp_bytes_received = tcp_counts.0;
         (*event).tcp_bytes_acked = tcp_counts.1;
     }
-    entry.submit(0);
+    // Drained by the agent's timer (see `lazy_wakeup`).
+    entry.submit(lazy_wakeup());
     true
 }
 

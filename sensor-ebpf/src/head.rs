@@ -28,16 +28,9 @@ use sensor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, HEAD_SCRATCH, count_drop},
+    maps::{EVENTS, HEAD_SCRATCH, count_drop, lazy_wakeup},
     skb::NewData,
 };
-
-/// `BPF_RB_NO_WAKEUP` and `BPF_RB_FORCE_WAKEUP` (output flags), `BPF_RB_AVAIL_DATA` and
-/// `BPF_RB_RING_SIZE` (`bpf_ringbuf_query` flags), from include/uapi/linux/bpf.h.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_RB_RING_SIZE: u64 = 1;
 
 /// `\r\n\r\n` as the last four bytes of a big-endian window.
 const HEAD_END: u32 = 0x0d0a_0d0a;
@@ -182,17 +175,8 @@ fn capture(
             HeadEvent::HEADER + ((n - 1) & (HEAD_CAPTURE - 1)) + 1,
         )
     };
-    // No wakeup per head: at thousands of requests a second, waking the agent for each
-    // costs more than everything else here. The agent drains on a short timer (and on the
-    // connection events, which do wake it). Except when the ring is a quarter full: the
-    // agent's timer may have backed off (250 ms when idle), and a burst that starts then
-    // would fill the ring before it fires.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<[u8]>(bytes, flags).is_err() {
+    // Drained by the agent's timer (see `lazy_wakeup`).
+    if EVENTS.output::<[u8]>(bytes, lazy_wakeup()).is_err() {
         stats.heads_lost += 1;
         count_drop(Drop::RingbufHead);
     }

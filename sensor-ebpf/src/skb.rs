@@ -103,18 +103,35 @@ struct TcpHead {
     rest: [u8; 6],
 }
 
+/// Reads a header at `offset` in the packet: straight from its linear part when it lies
+/// there (always, for the IP and TCP headers the stack builds or GRO merges: no helper
+/// call), else with `bpf_skb_load_bytes`. cgroup_skb programs may read `data` and
+/// `data_end` since Linux 4.20 (`cg_skb_is_valid_access()`, net/core/filter.c).
+#[inline(always)]
+fn header<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, i64> {
+    let skb: *const __sk_buff = ctx.skb.skb;
+    // SAFETY: context fields the verifier turns into the packet's bounds.
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() <= end {
+        // SAFETY: the bytes lie between `data` and `data_end`, checked just above.
+        return Ok(unsafe { (start as *const T).read_unaligned() });
+    }
+    ctx.load(offset)
+}
+
 #[inline(always)]
 fn try_count(ctx: &SkBuffContext, dir: Direction, heads: Heads) -> Result<(), i64> {
-    let first: u8 = ctx.load(0)?;
-    let (ip_len, protocol) = match first >> 4 {
-        4 => {
-            let ip: Ipv4Head = ctx.load(0)?;
-            (u32::from(ip.version_ihl & 0x0f) * 4, ip.protocol)
-        }
+    // Every IP packet is at least as long as an IPv4 header, whose first nibble is the
+    // version in both (a one-byte read would be a bounds check the verifier cannot use:
+    // LLVM turns `data + 1 <= end` into `data < end`).
+    let ip: Ipv4Head = header(ctx, 0)?;
+    let (ip_len, protocol) = match ip.version_ihl >> 4 {
+        4 => (u32::from(ip.version_ihl & 0x0f) * 4, ip.protocol),
         6 => {
             // Extension headers before TCP are not followed (none on a proxy hop in
             // practice); such packets are counted as unparsed below.
-            let ip: Ipv6Head = ctx.load(0)?;
+            let ip: Ipv6Head = header(ctx, 0)?;
             (40, ip.next_header)
         }
         _ => return Ok(()),
@@ -122,7 +139,7 @@ fn try_count(ctx: &SkBuffContext, dir: Direction, heads: Heads) -> Result<(), i6
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let Ok(tcp) = ctx.load::<TcpHead>(ip_len as usize) else {
+    let Ok(tcp) = header::<TcpHead>(ctx, ip_len as usize) else {
         count_drop(Drop::SkbUnparsed);
         return Ok(());
     };

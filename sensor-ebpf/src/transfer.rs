@@ -10,11 +10,7 @@ use sensor_common::{
     event::{TransferEvent, kind, settings},
 };
 
-use crate::maps::{EVENTS, count_drop, setting};
-
-/// `BPF_RB_FORCE_WAKEUP` from include/uapi/linux/bpf.h: wake the agent now, whatever its
-/// position in the ring buffer.
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+use crate::maps::{BPF_RB_FORCE_WAKEUP, EVENTS, count_drop, setting};
 
 #[inline(always)]
 pub fn on_bytes_out(cookie: u64, stats: &mut ConnStats) {
@@ -42,5 +38,6 @@ pub fn on_bytes_out(cookie: u64, stats: &mut ConnStats) {
         bytes_in: stats.bytes_in,
         threshold,
     });
+    // Wake the agent now, whatever its position in the ring buffer.
     entry.submit(BPF_RB_FORCE_WAKEUP);
 }

@@ -44,12 +44,12 @@ use crate::{
     time::{KernelClock, monotonic_ns, now_rfc3339},
 };
 
-/// How often the ring buffer is drained without a wakeup while request heads flow: the
-/// most a head waits then.
-const HEAD_DRAIN_MIN: Duration = Duration::from_millis(10);
-/// The longest the timer backs off to when no heads came (connection events, and heads
-/// filling a quarter of the ring, still wake the agent at once).
-const HEAD_DRAIN_MAX: Duration = Duration::from_millis(250);
+/// How often the ring buffer is drained without a wakeup while events flow: the most a
+/// request head or a connection event waits then.
+const DRAIN_MIN: Duration = Duration::from_millis(10);
+/// The longest the timer backs off to when nothing came (events filling a quarter of the
+/// ring, and single-transfer events, still wake the agent at once).
+const DRAIN_MAX: Duration = Duration::from_millis(250);
 
 /// What to watch. Empty means: discover the homeserver's processes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -319,12 +319,12 @@ pub async fn run_reloadable(
     let mut rescan = tokio::time::interval(rescan_every);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    // Request heads do not wake the agent (see sensor-ebpf/src/head.rs) until they fill a
-    // quarter of the ring: drain on a timer, every 10 ms while heads flow, backing off to
-    // 250 ms when none came (an idle agent must not wake a hundred times a second: on a
-    // small machine that moves the homeserver's threads around). Any wakeup brings the
-    // timer back to 10 ms.
-    let mut drain_every = HEAD_DRAIN_MIN;
+    // Request heads and connection events do not wake the agent until they fill a quarter
+    // of the ring (`lazy_wakeup`, sensor-ebpf/src/maps.rs): drain on a timer, every 10 ms
+    // while events flow, backing off to 250 ms when none came (an idle agent must not wake
+    // a hundred times a second: on a small machine that moves the homeserver's threads
+    // around). Any wakeup brings the timer back to 10 ms.
+    let mut drain_every = DRAIN_MIN;
     let drain_timer = tokio::time::sleep(drain_every);
     tokio::pin!(drain_timer);
     let duration = agent.opts.duration;
@@ -344,17 +344,16 @@ pub async fn run_reloadable(
                 let mut guard = guard.map_err(AgentError::Poll)?;
                 agent.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
-                // A wakeup means traffic: a connection opened or closed (heads follow), or
-                // heads filled a quarter of the ring. Drain soon, not after a backed-off
-                // timer.
-                drain_every = HEAD_DRAIN_MIN;
+                // A wakeup means traffic: events filled a quarter of the ring, or a
+                // transfer crossed its threshold. Drain soon, not after a backed-off timer.
+                drain_every = DRAIN_MIN;
                 drain_timer.as_mut().reset(tokio::time::Instant::now() + drain_every);
             }
             _ = &mut drain_timer => {
                 drain_every = if agent.drain(events.get_mut())? > 0 {
-                    HEAD_DRAIN_MIN
+                    DRAIN_MIN
                 } else {
-                    (drain_every * 2).min(HEAD_DRAIN_MAX)
+                    (drain_every * 2).min(DRAIN_MAX)
                 };
                 drain_timer.as_mut().reset(tokio::time::Instant::now() + drain_every);
             }
@@ -553,14 +552,15 @@ impl Agent {
         })
     }
 
-    /// Reads every pending ring buffer record; returns how many were request head chunks.
+    /// Reads every pending ring buffer record; returns how many there were.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<usize, AgentError> {
-        let mut heads = 0;
+        let mut records = 0;
         // A socket-owner scan that ran on its own thread may be done.
         self.conns.poll_scan();
         while let Some(item) = ring.next() {
             let decoded = decode::event(&item);
             drop(item);
+            records += 1;
             match decoded {
                 Ok(decode::Event::Conn(ev)) => {
                     if ev.lifecycle == decode::Lifecycle::Close {
@@ -572,7 +572,6 @@ impl Agent {
                     }
                 }
                 Ok(decode::Event::Head(chunk)) => {
-                    heads += 1;
                     let view = self.conns.view(chunk.cookie);
                     let record =
                         self.requests
@@ -588,7 +587,7 @@ impl Agent {
                 }
             }
         }
-        Ok(heads)
+        Ok(records)
     }
 
     /// The connection is over (closed, or the agent stops): its last request's exchange is
