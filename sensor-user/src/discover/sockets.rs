@@ -20,7 +20,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs, io,
+    fs,
+    io::{self, BufRead},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
     path::{Path, PathBuf},
 };
@@ -110,18 +111,30 @@ pub fn parse_tcp_line(line: &str) -> Option<TcpEntry> {
 /// blank lines are not counted).
 pub fn parse_tcp_table(text: &str) -> (Vec<TcpEntry>, usize) {
     let mut entries = Vec::new();
+    let malformed = read_tcp_table(text.as_bytes(), |entry| entries.push(entry))
+        .expect("reading from memory cannot fail");
+    (entries, malformed)
+}
+
+/// Reads a table line by line, handing each entry to `each`; returns the number of
+/// malformed lines (the header and blank lines are not counted).
+fn read_tcp_table(mut table: impl BufRead, mut each: impl FnMut(TcpEntry)) -> io::Result<usize> {
     let mut malformed = 0;
-    for line in text.lines() {
+    let mut line = String::new();
+    while {
+        line.clear();
+        table.read_line(&mut line)? > 0
+    } {
         let first = line.split_whitespace().next();
         if first.is_none() || first == Some("sl") {
             continue;
         }
-        match parse_tcp_line(line) {
-            Some(entry) => entries.push(entry),
+        match parse_tcp_line(&line) {
+            Some(entry) => each(entry),
             None => malformed += 1,
         }
     }
-    (entries, malformed)
+    Ok(malformed)
 }
 
 /// An address with IPv4-mapped IPv6 (`::ffff:a.b.c.d`) turned into IPv4, and the IPv6
@@ -142,6 +155,14 @@ fn single(mut pids: impl Iterator<Item = u32>) -> Option<u32> {
     pids.all(|pid| pid == first).then_some(first)
 }
 
+/// The watched processes of one network namespace: their socket inodes, and the processes
+/// whose `/proc/PID/net` shows the namespace's tables.
+#[derive(Default)]
+struct Namespace {
+    inodes: HashMap<u64, Vec<u32>>,
+    readers: Vec<(u32, PathBuf)>,
+}
+
 /// The owners of the TCP sockets of a set of watched processes, at the time of the scan.
 #[derive(Debug, Clone, Default)]
 pub struct SocketOwners {
@@ -158,53 +179,74 @@ pub struct SocketOwners {
 impl SocketOwners {
     /// Scans the sockets of `pids` under the proc root. Processes that have exited are
     /// skipped silently; unreadable files and malformed lines are skipped and counted.
-    /// Each network namespace's tables are read once.
+    /// Each network namespace's tables are read once, line by line, keeping only the
+    /// watched processes' sockets: on a host with 100,000 connections the tables hold
+    /// 200,000 lines (30 MB of text), which must not all be in memory at once.
     pub fn scan(proc_root: &Path, pids: &[u32]) -> SocketOwners {
         let mut owners = SocketOwners::default();
-        let mut tables: HashMap<PathBuf, Vec<TcpEntry>> = HashMap::new();
+        let mut namespaces: HashMap<PathBuf, Namespace> = HashMap::new();
         for &pid in pids {
             let dir = proc_root.join(pid.to_string());
-            if let Err(error) = owners.scan_pid(&dir, pid, &mut tables)
-                && !vanished(&error)
-            {
-                owners.unreadable += 1;
-                tracing::debug!(pid, %error, "cannot read the sockets of a watched process");
+            let inodes = match socket_inodes(&dir.join("fd")) {
+                Ok(inodes) => inodes,
+                Err(error) => {
+                    owners.count_unreadable(pid, &error);
+                    continue;
+                }
+            };
+            // Processes in one network namespace share their tables; without a readable
+            // namespace link, the process directory itself is the key.
+            let netns = fs::read_link(dir.join("ns/net")).unwrap_or_else(|_| dir.clone());
+            let ns = namespaces.entry(netns).or_default();
+            for inode in inodes {
+                ns.inodes.entry(inode).or_default().push(pid);
+            }
+            ns.readers.push((pid, dir));
+        }
+        for ns in namespaces.into_values() {
+            // Through the first of its processes whose tables can be read (one may exit
+            // meanwhile).
+            for (pid, dir) in &ns.readers {
+                match owners.scan_tables(dir, &ns.inodes) {
+                    Ok(()) => break,
+                    Err(error) => owners.count_unreadable(*pid, &error),
+                }
             }
         }
         owners
     }
 
-    /// Adds the sockets of one process.
-    fn scan_pid(
-        &mut self,
-        dir: &Path,
-        pid: u32,
-        tables: &mut HashMap<PathBuf, Vec<TcpEntry>>,
-    ) -> io::Result<()> {
-        let inodes = socket_inodes(&dir.join("fd"))?;
-        // Processes in one network namespace share their tables; without a readable
-        // namespace link, the process directory itself is the key.
-        let netns = fs::read_link(dir.join("ns/net")).unwrap_or_else(|_| dir.to_path_buf());
-        if !tables.contains_key(&netns) {
-            let mut entries = Vec::new();
-            for (file, required) in [("net/tcp", true), ("net/tcp6", false)] {
-                let text = match fs::read_to_string(dir.join(file)) {
-                    Ok(text) => text,
-                    // No IPv6 in this kernel or namespace.
-                    Err(e) if !required && e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                let (parsed, malformed) = parse_tcp_table(&text);
-                entries.extend(parsed);
-                self.malformed += malformed;
-            }
-            tables.insert(netns.clone(), entries);
+    fn count_unreadable(&mut self, pid: u32, error: &io::Error) {
+        if !vanished(error) {
+            self.unreadable += 1;
+            tracing::debug!(pid, %error, "cannot read the sockets of a watched process");
         }
-        for entry in &tables[&netns] {
-            if entry.inode == 0 || !inodes.contains(&entry.inode) {
-                continue;
-            }
-            let local = normalise(entry.local);
+    }
+
+    /// Adds the entries of one namespace's tables (read through `dir`) whose inode is a
+    /// watched process's socket.
+    fn scan_tables(&mut self, dir: &Path, inodes: &HashMap<u64, Vec<u32>>) -> io::Result<()> {
+        for (file, required) in [("net/tcp", true), ("net/tcp6", false)] {
+            let table = match fs::File::open(dir.join(file)) {
+                Ok(table) => table,
+                // No IPv6 in this kernel or namespace.
+                Err(e) if !required && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let table = io::BufReader::with_capacity(64 * 1024, table);
+            self.malformed += read_tcp_table(table, |entry| {
+                if let Some(pids) = inodes.get(&entry.inode).filter(|_| entry.inode != 0) {
+                    self.add(&entry, pids);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Adds one socket of the processes `pids`.
+    fn add(&mut self, entry: &TcpEntry, pids: &[u32]) {
+        let local = normalise(entry.local);
+        for &pid in pids {
             if entry.state == TcpState::LISTEN {
                 let list = self.listeners.entry(local.port()).or_default();
                 if !list.contains(&(local.ip(), pid)) {
@@ -218,7 +260,6 @@ impl SocketOwners {
                 }
             }
         }
-        Ok(())
     }
 
     /// The watched process that owns the connection `local` <- `remote`, seen from the
