@@ -71,7 +71,8 @@
 //!   are observed are counted as `stale` and not kept.
 //!
 //! # Memory
-//! Only the lines pending for the next flush are in memory (a few seconds of traffic). If
+//! Only the lines pending for the next flush are in memory (a few seconds of traffic; a
+//! tick that finds [`EARLY_FLUSH_REQUESTS`] pending flushes before `flush_s` is up). If
 //! writes keep failing they are kept for retry up to [`MAX_PENDING_REQUESTS`] requests;
 //! past that new requests are counted as `lost`. Compaction reads one hour at a time.
 //!
@@ -130,6 +131,11 @@ const COMPACT_RETRY_MS: u64 = HOUR_MS;
 /// four minutes of a homeserver serving a thousand requests a second, about 50 MB at worst
 /// (every request a new item). Past it, requests are counted as lost.
 pub const MAX_PENDING_REQUESTS: u64 = 250_000;
+
+/// Pending requests that make the next tick flush before `flush_s` is up: at 70,000
+/// requests a second, five seconds of them would pass `MAX_PENDING_REQUESTS` and the rest
+/// would be lost although every write succeeds.
+pub const EARLY_FLUSH_REQUESTS: u64 = MAX_PENDING_REQUESTS / 4;
 
 /// The ledger cannot be opened, written or pruned. Each message says what failed and what
 /// the agent does about it.
@@ -519,10 +525,12 @@ impl Inner {
         self.clock_ms = self.clock_ms.max(now_ms);
         self.collect_compaction(false);
         let flush_ms = self.config.flush_s.saturating_mul(1000);
-        // A wall clock set back also makes a flush due, rather than none for that long.
-        let due = self
-            .last_flush_ms
-            .is_none_or(|last| now_ms < last || now_ms >= last.saturating_add(flush_ms));
+        // A wall clock set back also makes a flush due, rather than none for that long; so
+        // does a busy second that left many requests pending.
+        let due = self.pending_requests >= EARLY_FLUSH_REQUESTS
+            || self
+                .last_flush_ms
+                .is_none_or(|last| now_ms < last || now_ms >= last.saturating_add(flush_ms));
         let mut result = Ok(());
         if due {
             let hold = self.compacting.as_ref().map(|c| c.hour);

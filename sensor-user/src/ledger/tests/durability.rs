@@ -23,6 +23,34 @@ fn a_dropped_ledger_writes_what_it_holds_and_a_crash_loses_only_the_last_flush_i
 }
 
 #[test]
+fn a_busy_second_is_flushed_before_flush_s_is_up_and_nothing_is_lost() {
+    let fx = Fixture::new();
+    let mut ledger = fx.open();
+    ledger.tick(T0).expect("first tick");
+    // More than EARLY_FLUSH_REQUESTS within one second, then again: with only the
+    // 5-second flush, the second burst would pass MAX_PENDING_REQUESTS.
+    let burst = EARLY_FLUSH_REQUESTS + 1_000;
+    for second in 1..=2 {
+        for i in 0..burst {
+            let r = download(Some(1 + i % 64), SCRAPER_IP, "m", 10);
+            ledger.observe(&r, T0 + (second - 1) * SECOND + i % 1_000);
+        }
+        ledger.tick(T0 + second * SECOND).expect("tick");
+        assert_eq!(
+            ledger.stats().pending_requests,
+            0,
+            "flushed at second {second}"
+        );
+    }
+    let stats = ledger.stats();
+    assert_eq!((stats.requests, stats.lost), (2 * burst, 0));
+    assert_eq!(
+        fx.report(token(1), None, None).requests,
+        2 * burst.div_ceil(64)
+    );
+}
+
+#[test]
 fn compaction_merges_an_hour_into_one_line_per_subject_and_changes_no_answer() {
     let fx = Fixture::new();
     let mut ledger = fx.open();
