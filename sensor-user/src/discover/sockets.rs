@@ -155,11 +155,37 @@ fn single(mut pids: impl Iterator<Item = u32>) -> Option<u32> {
     pids.all(|pid| pid == first).then_some(first)
 }
 
+/// The watched processes holding one socket: almost always one (a socket inherited across
+/// `fork` has several), so no allocation then. 100,000 sockets mean 100,000 of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holders {
+    One(u32),
+    Several(Vec<u32>),
+}
+
+impl Holders {
+    fn add(&mut self, pid: u32) {
+        match self {
+            Holders::One(first) if *first == pid => {}
+            Holders::One(first) => *self = Holders::Several(vec![*first, pid]),
+            Holders::Several(pids) if !pids.contains(&pid) => pids.push(pid),
+            Holders::Several(_) => {}
+        }
+    }
+
+    fn pids(&self) -> &[u32] {
+        match self {
+            Holders::One(pid) => std::slice::from_ref(pid),
+            Holders::Several(pids) => pids,
+        }
+    }
+}
+
 /// The watched processes of one network namespace: their socket inodes, and the processes
 /// whose `/proc/PID/net` shows the namespace's tables.
 #[derive(Default)]
 struct Namespace {
-    inodes: HashMap<u64, Vec<u32>>,
+    inodes: HashMap<u64, Holders>,
     readers: Vec<(u32, PathBuf)>,
 }
 
@@ -167,7 +193,7 @@ struct Namespace {
 #[derive(Debug, Clone, Default)]
 pub struct SocketOwners {
     /// Connected sockets by normalised (local, remote).
-    connected: HashMap<(SocketAddr, SocketAddr), Vec<u32>>,
+    connected: HashMap<(SocketAddr, SocketAddr), Holders>,
     /// Listening sockets by port: normalised local address and owner.
     listeners: HashMap<u16, Vec<(IpAddr, u32)>>,
     /// Table lines that could not be parsed.
@@ -199,7 +225,10 @@ impl SocketOwners {
             let netns = fs::read_link(dir.join("ns/net")).unwrap_or_else(|_| dir.clone());
             let ns = namespaces.entry(netns).or_default();
             for inode in inodes {
-                ns.inodes.entry(inode).or_default().push(pid);
+                ns.inodes
+                    .entry(inode)
+                    .and_modify(|holders| holders.add(pid))
+                    .or_insert(Holders::One(pid));
             }
             ns.readers.push((pid, dir));
         }
@@ -225,7 +254,7 @@ impl SocketOwners {
 
     /// Adds the entries of one namespace's tables (read through `dir`) whose inode is a
     /// watched process's socket.
-    fn scan_tables(&mut self, dir: &Path, inodes: &HashMap<u64, Vec<u32>>) -> io::Result<()> {
+    fn scan_tables(&mut self, dir: &Path, inodes: &HashMap<u64, Holders>) -> io::Result<()> {
         for (file, required) in [("net/tcp", true), ("net/tcp6", false)] {
             let table = match fs::File::open(dir.join(file)) {
                 Ok(table) => table,
@@ -235,8 +264,8 @@ impl SocketOwners {
             };
             let table = io::BufReader::with_capacity(64 * 1024, table);
             self.malformed += read_tcp_table(table, |entry| {
-                if let Some(pids) = inodes.get(&entry.inode).filter(|_| entry.inode != 0) {
-                    self.add(&entry, pids);
+                if let Some(holders) = inodes.get(&entry.inode).filter(|_| entry.inode != 0) {
+                    self.add(&entry, holders.pids());
                 }
             })?;
         }
@@ -254,10 +283,10 @@ impl SocketOwners {
                 }
             } else {
                 let key = (local, normalise(entry.remote));
-                let list = self.connected.entry(key).or_default();
-                if !list.contains(&pid) {
-                    list.push(pid);
-                }
+                self.connected
+                    .entry(key)
+                    .and_modify(|holders| holders.add(pid))
+                    .or_insert(Holders::One(pid));
             }
         }
     }
@@ -271,8 +300,8 @@ impl SocketOwners {
     /// kernel's choice between them is not visible here).
     pub fn owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let (local, remote) = (normalise(local), normalise(remote));
-        if let Some(pids) = self.connected.get(&(local, remote)) {
-            return single(pids.iter().copied());
+        if let Some(holders) = self.connected.get(&(local, remote)) {
+            return single(holders.pids().iter().copied());
         }
         let listeners = self.listeners.get(&local.port())?;
         let bound_to = |want: &dyn Fn(&IpAddr) -> bool| -> Vec<u32> {
