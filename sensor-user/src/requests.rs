@@ -216,13 +216,11 @@ impl Requests {
         bytes.extend_from_slice(&chunk.data);
         if chunk.end || chunk.cut {
             // Complete: parse now, so the raw bytes go at once.
-            p.head = parse(
-                std::mem::take(bytes),
-                chunk.cut,
-                conn,
-                attribution,
-                &mut self.outcomes,
-            );
+            let bytes = std::mem::take(bytes);
+            p.head = match parse(bytes, chunk.cut, conn, attribution, &mut self.outcomes) {
+                Ok(parsed) => Head::Parsed(parsed),
+                Err(e) => Head::Failed(e),
+            };
         }
         finished
     }
@@ -267,18 +265,18 @@ impl Requests {
         attribution: &Attribution,
         clock: &KernelClock,
     ) -> RequestRecord {
-        let head = match p.head {
+        let outcome = match p.head {
             // The head never ended: parse what came (it will say `incomplete`).
             Head::Collecting(bytes) => parse(bytes, false, conn, attribution, &mut self.outcomes),
-            done => done,
+            Head::Parsed(parsed) => Ok(parsed),
+            Head::Failed(e) => Err(e),
         };
         if p.damaged {
             self.damaged += 1;
         }
-        let (parsed, head) = match head {
-            Head::Parsed(parsed) => (Some(parsed), "parsed"),
-            Head::Failed(e) => (None, e.name()),
-            Head::Collecting(_) => unreachable!("parse() leaves no head collecting"),
+        let (parsed, head) = match outcome {
+            Ok(parsed) => (Some(parsed), "parsed"),
+            Err(e) => (None, e.name()),
         };
         let parsed = parsed.as_ref();
         let text = |which| parsed.and_then(|x| x.owned(which));
@@ -322,17 +320,11 @@ fn parse(
     conn: ConnView,
     attribution: &Attribution,
     outcomes: &mut BTreeMap<&'static str, u64>,
-) -> Head {
-    let head = match http::parse(&bytes, cut) {
-        Ok(h) => Head::Parsed(derive(&h, conn, attribution)),
-        Err(e) => Head::Failed(e),
-    };
-    let name = match &head {
-        Head::Failed(e) => e.name(),
-        _ => "parsed",
-    };
+) -> Result<Parsed, HeadError> {
+    let outcome = http::parse(&bytes, cut).map(|h| derive(&h, conn, attribution));
+    let name = outcome.as_ref().map_or_else(|e| e.name(), |_| "parsed");
     *outcomes.entry(name).or_default() += 1;
-    head
+    outcome
 }
 
 /// Everything the sensor keeps of a parsed head.
