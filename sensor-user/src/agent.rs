@@ -391,10 +391,11 @@ pub async fn run_reloadable(
 
 /// One heap arena for all the agent's threads. glibc gives a new thread an arena of its
 /// own, and keeps what is freed there: an owner scan on its own thread builds tables of tens
-/// of MiB on a host with 100,000 connections, and the agent's steady memory then depended
-/// on where the scans had run (57.3 MiB in one run, 73.0 in the next). The agent's other
-/// threads (compaction, metrics) allocate little, so sharing one arena costs no contention
-/// worth having arenas for. (musl has no arenas.)
+/// of MiB on a host with 100,000 connections, which then stayed in that arena for nothing
+/// else to reuse. With one arena the event loop reuses them. (Steady memory at 100,000
+/// connections still moves between runs, 62.0 to 72.4 MiB: see the README.) The agent's
+/// other threads (compaction, metrics) allocate little, so they have nothing to gain from
+/// arenas of their own. (musl has no arenas.)
 fn share_one_heap_arena() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes the allocator's policy for arenas created from now on.
