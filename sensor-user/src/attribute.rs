@@ -16,7 +16,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -241,23 +241,19 @@ impl Connections {
         }
         self.owners_scanned = Some(Instant::now());
         self.owner_scans += 1;
-        let pids = self.watched_pids.clone();
-        let proc_root = self.proc_root.clone();
         if self.scan_cost < INLINE_SCAN_MAX {
-            let started = Instant::now();
-            self.owners = Some(SocketOwners::scan(&proc_root, &pids));
-            self.scan_cost = started.elapsed();
-            return self.owners.as_ref().and_then(|o| o.owner(local, peer));
+            let (owners, took) = timed_scan(&self.proc_root, &self.watched_pids);
+            self.scan_cost = took;
+            return self.owners.insert(owners).owner(local, peer);
         }
         self.owner_scans_background += 1;
         let (tx, rx) = mpsc::channel();
+        let (proc_root, pids) = (self.proc_root.clone(), self.watched_pids.clone());
         let spawned = std::thread::Builder::new()
             .name("owner-scan".into())
             .spawn(move || {
-                let started = Instant::now();
-                let owners = SocketOwners::scan(&proc_root, &pids);
                 // The receiver is gone only once the agent stopped.
-                let _ = tx.send((owners, started.elapsed()));
+                let _ = tx.send(timed_scan(&proc_root, &pids));
             });
         match spawned {
             Ok(_) => {
@@ -301,6 +297,13 @@ impl Connections {
         }
         self.owners = Some(owners);
     }
+}
+
+/// A scan of the sockets of `pids`, and how long it took.
+fn timed_scan(proc_root: &Path, pids: &[u32]) -> (SocketOwners, Duration) {
+    let started = Instant::now();
+    let owners = SocketOwners::scan(proc_root, pids);
+    (owners, started.elapsed())
 }
 
 #[cfg(test)]
