@@ -115,9 +115,7 @@ impl AgentProcess {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 =
             f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks as f64 / hz
+        ticks as f64 * clock_tick_seconds()
     }
 
     /// Time the agent's threads spent runnable but waiting for a CPU, in seconds (the
@@ -189,4 +187,11 @@ pub fn sum(samples: &BTreeMap<String, f64>, family: &str, label: &str) -> f64 {
         })
         .map(|(_, v)| v)
         .sum()
+}
+
+/// The length of a clock tick (`USER_HZ`, the unit of `/proc/PID/stat` and `/proc/stat`
+/// times), in seconds.
+pub fn clock_tick_seconds() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

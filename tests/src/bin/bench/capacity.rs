@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Opts,
-    agent_proc::{AgentProcess, sum},
+    agent_proc::{AgentProcess, clock_tick_seconds, sum},
     overhead::run_worker,
     stats::num,
 };
@@ -212,7 +212,6 @@ fn start_responder(
     (p, addr)
 }
 
-/// The `cause` label of a drop counter sample.
 /// The CPU the agent is pinned to.
 const AGENT_CPU: usize = 1;
 
@@ -230,10 +229,10 @@ fn steal_seconds(cpu: usize) -> f64 {
         .nth(8)
         .and_then(|v| v.parse().ok())
         .expect("steal field");
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    ticks as f64 * clock_tick_seconds()
 }
 
+/// The `cause` label of a drop counter sample.
 fn label(key: &str) -> String {
     key.split('"').nth(1).unwrap_or(key).to_string()
 }
@@ -241,7 +240,7 @@ fn label(key: &str) -> String {
 impl Capacity {
     pub fn print(&self) {
         println!(
-            "Agent capacity: homeserver-sensor pinned to CPU 1, generator on CPU 0 ({CONNS} keep-alive connections)"
+            "Agent capacity: homeserver-sensor pinned to CPU {AGENT_CPU}, generator on CPU 0 ({CONNS} keep-alive connections)"
         );
         println!(
             "{:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>7} {:>9}  drops",
