@@ -302,7 +302,8 @@ impl Connections {
 /// A scan of the sockets of `pids`, and how long it took.
 fn timed_scan(proc_root: &Path, pids: &[u32]) -> (SocketOwners, Duration) {
     let started = Instant::now();
-    let owners = SocketOwners::scan(proc_root, pids);
+    let mut owners = SocketOwners::scan(proc_root, pids);
+    owners.drop_derivable();
     (owners, started.elapsed())
 }
 

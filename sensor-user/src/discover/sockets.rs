@@ -300,25 +300,23 @@ impl SocketOwners {
     /// kernel's choice between them is not visible here).
     pub fn owner(&self, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
         let (local, remote) = (normalise(local), normalise(remote));
-        if let Some(holders) = self.connected.get(&(local, remote)) {
-            return single(holders.pids().iter().copied());
+        match self.connected.get(&(local, remote)) {
+            Some(holders) => single(holders.pids().iter().copied()),
+            None => listener_owner(&self.listeners, local),
         }
-        let listeners = self.listeners.get(&local.port())?;
-        let bound_to = |want: &dyn Fn(&IpAddr) -> bool| -> Vec<u32> {
-            let matching = listeners.iter().filter(|(ip, _)| want(ip));
-            matching.map(|&(_, pid)| pid).collect()
-        };
-        let exact = bound_to(&|ip| *ip == local.ip());
-        if !exact.is_empty() {
-            return single(exact.into_iter());
-        }
-        single(
-            bound_to(&|ip| match ip {
-                IpAddr::V4(v4) => v4.is_unspecified() && local.is_ipv4(),
-                IpAddr::V6(v6) => v6.is_unspecified(),
-            })
-            .into_iter(),
-        )
+    }
+
+    /// Drops the connected sockets whose owner the listeners give anyway: a connection
+    /// accepted by the one process listening on its port. [`SocketOwners::owner`] answers
+    /// exactly as before for every connection, from a table a few entries long instead
+    /// of one entry per connection (on a server with 100,000 clients, about 13 MiB kept
+    /// between scans for nothing). [`SocketOwners::connections`] lists only the rest.
+    pub fn drop_derivable(&mut self) {
+        let listeners = &self.listeners;
+        self.connected.retain(|(local, _), holders| {
+            single(holders.pids().iter().copied()) != listener_owner(listeners, *local)
+        });
+        self.connected.shrink_to_fit();
     }
 
     /// Every connected socket's (local, remote), normalised as in [`SocketOwners::owner`].
@@ -345,6 +343,28 @@ impl SocketOwners {
     pub fn unreadable_pids(&self) -> usize {
         self.unreadable
     }
+}
+
+/// The owner of a connection to the normalised `local` by the listeners alone: the owner of
+/// a listening socket on `local`'s port bound to `local`'s address, else to the wildcard
+/// (`0.0.0.0` for IPv4, `::` for both families); `None` when none or several match.
+fn listener_owner(listeners: &HashMap<u16, Vec<(IpAddr, u32)>>, local: SocketAddr) -> Option<u32> {
+    let listeners = listeners.get(&local.port())?;
+    let bound_to = |want: &dyn Fn(&IpAddr) -> bool| -> Vec<u32> {
+        let matching = listeners.iter().filter(|(ip, _)| want(ip));
+        matching.map(|&(_, pid)| pid).collect()
+    };
+    let exact = bound_to(&|ip| *ip == local.ip());
+    if !exact.is_empty() {
+        return single(exact.into_iter());
+    }
+    single(
+        bound_to(&|ip| match ip {
+            IpAddr::V4(v4) => v4.is_unspecified() && local.is_ipv4(),
+            IpAddr::V6(v6) => v6.is_unspecified(),
+        })
+        .into_iter(),
+    )
 }
 
 /// The inodes of the sockets open in an `fd` directory. Descriptors closed during the

@@ -257,6 +257,55 @@ fn a_socket_shared_by_two_processes_is_ambiguous() {
     );
 }
 
+/// Every query of the tests above, and a few more.
+const QUERIES: [(&str, &str); 9] = [
+    ("127.0.0.1:8008", "127.0.0.1:50000"),
+    ("127.0.0.1:8008", "127.0.0.1:50001"),
+    ("192.0.2.1:8008", "198.51.100.7:1"),
+    ("[2001:db8::1]:8008", "[2001:db8::9]:1"),
+    ("10.0.0.5:8448", "1.2.3.4:5"),
+    ("127.0.0.1:9000", "127.0.0.1:1"),
+    ("127.0.0.1:8083", "127.0.0.1:40000"),
+    ("[2001:db8::1]:8083", "[2001:db8::2]:40001"),
+    ("[2001:db8::7]:8083", "[2001:db8::8]:1"),
+];
+
+#[test]
+fn dropping_what_the_listeners_give_changes_no_answer() {
+    let proc = fake_tree();
+    let full = SocketOwners::scan(proc.root(), &[812, 900]);
+    assert_eq!(full.connections().count(), 3);
+    let mut compact = full.clone();
+    compact.drop_derivable();
+    // Each connection was accepted by the one process listening on its port.
+    assert_eq!(compact.connections().count(), 0);
+    for (local, remote) in QUERIES {
+        let (local, remote) = (sa(local), sa(remote));
+        assert_eq!(compact.owner(local, remote), full.owner(local, remote), "{local}");
+    }
+
+    // With a listener inherited by two processes, the connection keeps its entry: the
+    // listeners alone would not know its owner.
+    proc.file(
+        "813/net/tcp",
+        &line(0, "0.0.0.0:8008", "0.0.0.0:0", 0x0A, 1001),
+    );
+    proc.socket_fd(813, 3, 1001);
+    let full = SocketOwners::scan(proc.root(), &[812, 813, 900]);
+    let mut compact = full.clone();
+    compact.drop_derivable();
+    let kept: Vec<_> = compact.connections().collect();
+    assert_eq!(kept, [(sa("127.0.0.1:8008"), sa("127.0.0.1:50000"))]);
+    for (local, remote) in QUERIES {
+        let (local, remote) = (sa(local), sa(remote));
+        assert_eq!(compact.owner(local, remote), full.owner(local, remote), "{local}");
+    }
+    assert_eq!(
+        compact.owner(sa("127.0.0.1:8008"), sa("127.0.0.1:50000")),
+        Some(812)
+    );
+}
+
 #[test]
 fn shared_namespace_tables_are_read_once_and_errors_counted() {
     let proc = fake_tree();
