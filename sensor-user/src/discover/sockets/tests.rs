@@ -281,7 +281,11 @@ fn dropping_what_the_listeners_give_changes_no_answer() {
     assert_eq!(compact.connections().count(), 0);
     for (local, remote) in QUERIES {
         let (local, remote) = (sa(local), sa(remote));
-        assert_eq!(compact.owner(local, remote), full.owner(local, remote), "{local}");
+        assert_eq!(
+            compact.owner(local, remote),
+            full.owner(local, remote),
+            "{local}"
+        );
     }
 
     // With a listener inherited by two processes, the connection keeps its entry: the
@@ -298,7 +302,11 @@ fn dropping_what_the_listeners_give_changes_no_answer() {
     assert_eq!(kept, [(sa("127.0.0.1:8008"), sa("127.0.0.1:50000"))]);
     for (local, remote) in QUERIES {
         let (local, remote) = (sa(local), sa(remote));
-        assert_eq!(compact.owner(local, remote), full.owner(local, remote), "{local}");
+        assert_eq!(
+            compact.owner(local, remote),
+            full.owner(local, remote),
+            "{local}"
+        );
     }
     assert_eq!(
         compact.owner(sa("127.0.0.1:8008"), sa("127.0.0.1:50000")),
