@@ -6,6 +6,7 @@
 pub mod conn;
 pub mod drops;
 pub mod event;
+pub mod head_end;
 pub mod syscall;
 
 /// Names of the maps in the kernel object. The kernel side declares its statics with these

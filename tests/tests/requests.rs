@@ -216,6 +216,24 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
         c.sent - s0,
         c.received - r0,
     ));
+    // A head whose end is split between two segments (`\r\n\r`, then `\n` and a body
+    // longer than the capture budget): the kernel finds the end from the bytes it kept of
+    // the first segment; were it to miss it, it would take the body as more head and cut
+    // it at 4 KiB (the record would say "cut", and `head_cut` would count it).
+    let (s0, r0) = (c.sent, c.received);
+    let body = vec![b'B'; 5000];
+    c.send(
+        format!("PUT /_matrix/client/v3/rooms/%21split%3Atest.example/send/m.room.message/t1?bytes=12 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nAuthorization: Bearer {token}\r\n\r", body.len())
+            .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&[b"\n".as_slice(), &body].concat());
+    c.read_response();
+    expected.push((
+        "/_matrix/client/v3/rooms/%21split%3A".to_string(),
+        c.sent - s0,
+        c.received - r0,
+    ));
     // The last request closes the connection.
     let (s0, r0) = (c.sent, c.received);
     c.request(
@@ -241,6 +259,10 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
         assert_eq!(r["client_ip"], "127.0.0.9", "{r}");
         assert_eq!(r["head"], "parsed", "{r}");
     }
+    // No head was cut: the kernel found the end split between two segments (see above).
+    let stop = records.iter().rev().find(|r| r["kind"] == "sensor");
+    let stop = stop.expect("the agent's last sensor record");
+    assert_eq!(stop["drops"]["head_cut"], 0, "{stop}");
     let forged = request(&records, "/_matrix/client/v3/publicRooms");
     assert_eq!(forged["client_ip_source"], "peer");
     assert_eq!(forged["forwarding_ignored"], true, "{forged}");
