@@ -209,8 +209,13 @@ const WORDS_PER_STEP: usize = 8;
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` that `find_head_end` passed to bpf_loop.
     let scan = unsafe { &mut *(ctx as *mut Scan) };
-    let first = (index as usize).wrapping_mul(WORDS_PER_STEP);
-    if first > HEAD_CAPTURE / 8 - WORDS_PER_STEP || 8 * first as u64 >= scan.n {
+    // `find_head_end` asks for at most `HEAD_CAPTURE / 8 / WORDS_PER_STEP` steps, so the
+    // mask changes nothing; it is how the verifier learns that the loads stay in the
+    // chunk. (A comparison instead is not enough for Linux 6.1's verifier once LLVM has
+    // unrolled the loop: "math between map_value pointer and register with unbounded min
+    // value".)
+    let first = (index as usize & (HEAD_CAPTURE / 8 / WORDS_PER_STEP - 1)) * WORDS_PER_STEP;
+    if 8 * first as u64 >= scan.n {
         return 1;
     }
     // SAFETY: `words` points to the scratch entry, valid while the program runs.

@@ -11,7 +11,8 @@
 //! meanwhile, and every open connection without an owner is resolved again when its result
 //! comes. Scans start at least [`OWNER_RESCAN_MIN`] and four times the last scan's duration
 //! apart, so that they never take more than a quarter of a core whatever the connections
-//! do.
+//! do. What a scan keeps is small: the listeners, and only the connections whose owner the
+//! listeners do not give (`SocketOwners::drop_derivable`).
 
 use std::{
     collections::{HashMap, HashSet},
