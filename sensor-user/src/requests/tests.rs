@@ -153,20 +153,23 @@ fn a_keep_alive_request_is_recorded_with_all_it_derived_when_the_next_head_start
     );
 }
 
+/// `head` sent whole in one chunk (nothing finished by it), then the connection closed
+/// with its bytes in: the request's record.
+fn sent_whole_then_closed(requests: &mut Requests, cookie: u64, head: &str) -> RequestRecord {
+    let (a, clock) = (attribution(), KernelClock::new());
+    let whole = chunk(cookie, head, 0, head.len(), (0, 0));
+    assert!(requests.on_chunk(whole, conn(), &a, &clock).is_none());
+    let counts = (head.len() as u64, 0);
+    let record = requests.on_close(cookie, counts, conn(), &a, &clock);
+    record.expect("record")
+}
+
 #[test]
 fn heads_that_fail_or_never_end_are_recorded_with_why() {
     let a = attribution();
     let clock = KernelClock::new();
     let mut requests = Requests::default();
-    let bad = "NOT HTTP AT ALL\r\n\r\n";
-    assert!(
-        requests
-            .on_chunk(chunk(1, bad, 0, bad.len(), (0, 0)), conn(), &a, &clock)
-            .is_none()
-    );
-    let record = requests
-        .on_close(1, (19, 0), conn(), &a, &clock)
-        .expect("record");
+    let record = sent_whole_then_closed(&mut requests, 1, "NOT HTTP AT ALL\r\n\r\n");
     assert_eq!((record.head, record.endpoint), ("malformed", "unparsed"));
     assert_eq!(
         (record.method, record.path, record.class),
@@ -175,14 +178,7 @@ fn heads_that_fail_or_never_end_are_recorded_with_why() {
 
     // A head whose end never came: parsed at the close, as `incomplete`.
     let open = "GET /_matrix/client/v3/sync HTTP/1.1\r\nHost: x\r\n";
-    assert!(
-        requests
-            .on_chunk(chunk(2, open, 0, open.len(), (0, 0)), conn(), &a, &clock)
-            .is_none()
-    );
-    let record = requests
-        .on_close(2, (open.len() as u64, 0), conn(), &a, &clock)
-        .expect("record");
+    let record = sent_whole_then_closed(&mut requests, 2, open);
     assert_eq!(record.head, "incomplete");
     assert_eq!(requests.outcomes.get("malformed"), Some(&1));
     assert_eq!(requests.outcomes.get("incomplete"), Some(&1));
