@@ -350,21 +350,19 @@ impl SocketOwners {
 /// (`0.0.0.0` for IPv4, `::` for both families); `None` when none or several match.
 fn listener_owner(listeners: &HashMap<u16, Vec<(IpAddr, u32)>>, local: SocketAddr) -> Option<u32> {
     let listeners = listeners.get(&local.port())?;
-    let bound_to = |want: &dyn Fn(&IpAddr) -> bool| -> Vec<u32> {
-        let matching = listeners.iter().filter(|(ip, _)| want(ip));
-        matching.map(|&(_, pid)| pid).collect()
+    // Without allocating: `drop_derivable` asks this for every connection of a scan.
+    let bound_to = |want: fn(&IpAddr, SocketAddr) -> bool| {
+        let matching = listeners.iter().filter(move |(ip, _)| want(ip, local));
+        matching.map(|&(_, pid)| pid).peekable()
     };
-    let exact = bound_to(&|ip| *ip == local.ip());
-    if !exact.is_empty() {
-        return single(exact.into_iter());
+    let mut exact = bound_to(|ip, local| *ip == local.ip());
+    if exact.peek().is_some() {
+        return single(exact);
     }
-    single(
-        bound_to(&|ip| match ip {
-            IpAddr::V4(v4) => v4.is_unspecified() && local.is_ipv4(),
-            IpAddr::V6(v6) => v6.is_unspecified(),
-        })
-        .into_iter(),
-    )
+    single(bound_to(|ip, local| match ip {
+        IpAddr::V4(v4) => v4.is_unspecified() && local.is_ipv4(),
+        IpAddr::V6(v6) => v6.is_unspecified(),
+    }))
 }
 
 /// The inodes of the sockets open in an `fd` directory. Descriptors closed during the
