@@ -60,15 +60,15 @@ impl HeadEndScan {
 }
 
 /// The index (0..8) of the byte of the lowest mark in `marks`, which must not be 0.
+///
+/// Without a branch (BPF has no count-trailing-zeros, and a loop over the bytes gave the
+/// kernel's verifier a path per byte to walk): the lowest mark alone, shifted down to bit
+/// `8k`, is `256^k`; multiplying by `0x0001020304050607` moves that constant's byte `7 - k`,
+/// which holds `k`, to the top byte.
 #[inline(always)]
 pub const fn first_marked(marks: u64) -> usize {
-    // The lowest set bit alone, then its byte (BPF has no count-trailing-zeros).
     let low = marks & marks.wrapping_neg();
-    let mut k = 0;
-    while k < 7 && low >> (8 * k + 7) != 1 {
-        k += 1;
-    }
-    k
+    ((low >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
 }
 
 #[cfg(test)]
@@ -147,10 +147,12 @@ mod tests {
 
     #[test]
     fn first_marked_is_the_lowest_byte() {
-        for k in 0..8 {
-            let mark = 1u64 << (8 * k + 7);
-            assert_eq!(first_marked(mark), k);
-            assert_eq!(first_marked(mark | 1 << 63), k);
+        // Every non-empty set of marks.
+        for set in 1u32..256 {
+            let marks = (0..8)
+                .filter(|k| set >> k & 1 == 1)
+                .fold(0u64, |m, k| m | 1 << (8 * k + 7));
+            assert_eq!(first_marked(marks), set.trailing_zeros() as usize, "{marks:#x}");
         }
     }
 

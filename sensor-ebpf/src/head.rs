@@ -131,7 +131,7 @@ fn capture(
 
     // Keep only the head: cut the chunk just after `\r\n\r\n` (the rest of the segment is
     // body, never sent).
-    let end = find_head_end(&ev.data, n, stats.head_window);
+    let end = find_head_end(ev, n, stats.head_window);
     let n = end.unwrap_or(n);
     let end = end.is_some();
     let window = last_four(&ev.data, n, stats.head_window);
@@ -184,12 +184,9 @@ type Words = [u64; HEAD_CAPTURE / 8];
 /// The state of a scan for the head's end, shared with `scan_step` through `bpf_loop`.
 #[repr(C)]
 struct Scan {
-    words: *const Words,
+    event: *mut HeadEvent,
     n: u64,
     ends: HeadEndScan,
-    /// The first word with an end (`head_end` marks), and its marks; 0 while none.
-    hit_word: u64,
-    hit_marks: u64,
 }
 
 /// Words per step of the scan. A `bpf_loop` step is a call, with the scan's state loaded
@@ -201,10 +198,16 @@ const WORDS_PER_STEP: usize = 8;
 /// each whatever their bytes (sensor-common's `head_end`, tested there on the host).
 /// Returns 1 to stop the loop.
 ///
+/// The end it finds is written to the scratch entry (`HeadEvent::len`), not to the
+/// scan's state on the stack, and the caller reads it back from there: the verifier does
+/// not track what a map value holds, so every way out of this step reaches the caller as
+/// one state. A result kept on the stack carried each word's and each byte's exit into the
+/// caller as a state of its own, which the verifier then walked through the rest of the
+/// program: with eight words per step, over its million-instruction limit on Linux 6.18
+/// (`cargo xtask vm-test` and the agent's start record show the count per kernel).
+///
 /// Only the step's first word is checked against `n`: the words after it may hold bytes
-/// left over from an earlier chunk, and an end found there is dropped by `find_head_end`
-/// (any end within `n` comes first). One branch per word keeps the verifier's work small;
-/// a bound check per word made it give up after a million instructions.
+/// left over from an earlier chunk, and an end found past `n` is not one.
 #[inline(never)]
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` that `find_head_end` passed to bpf_loop.
@@ -218,14 +221,16 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     if 8 * first as u64 >= scan.n {
         return 1;
     }
-    // SAFETY: `words` points to the scratch entry, valid while the program runs.
-    let words = unsafe { &*scan.words };
+    // SAFETY: `event` points to the scratch entry, valid while the program runs.
+    let event = unsafe { &mut *scan.event };
+    // SAFETY: `HeadEvent::data` is 8-aligned (see `Words`) and HEAD_CAPTURE bytes long.
+    let words = unsafe { &*(event.data.as_ptr() as *const Words) };
     let mut ends = scan.ends;
     for k in 0..WORDS_PER_STEP {
         let marks = ends.step(words[first + k]);
         if marks != 0 {
-            scan.hit_word = (first + k) as u64;
-            scan.hit_marks = marks;
+            // Checked against `n` by the caller.
+            event.len = (8 * (first + k) + first_marked(marks) + 1) as u32;
             return 1;
         }
     }
@@ -233,31 +238,29 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The position just after the first `\r\n\r\n` in `data[..n]`, where `window` holds the
-/// last bytes of the head's previous chunks (an end split across segments).
+/// The position just after the first `\r\n\r\n` in the event's `data[..n]`, where `window`
+/// holds the last bytes of the head's previous chunks (an end split across segments).
 ///
-/// The scan runs in `bpf_loop` (Linux 5.17+): the verifier checks its step once, where an
-/// open-coded loop over 4 KiB made it walk every iteration and give up ("the sequence of
-/// 8193 jumps is too complex").
+/// The scan runs in `bpf_loop` (Linux 5.17+): the verifier checks its step as a loop body,
+/// where an open-coded loop over 4 KiB made it walk every iteration and give up ("the
+/// sequence of 8193 jumps is too complex").
 #[inline(always)]
-fn find_head_end(data: &[u8; HEAD_CAPTURE], n: usize, window: u32) -> Option<usize> {
+fn find_head_end(event: &mut HeadEvent, n: usize, window: u32) -> Option<usize> {
+    event.len = 0;
     let mut scan = Scan {
-        words: data.as_ptr().cast(),
+        event: &raw mut *event,
         n: n as u64,
         ends: HeadEndScan::after(window),
-        hit_word: 0,
-        hit_marks: 0,
     };
     let steps = n.div_ceil(8 * WORDS_PER_STEP) as u32;
     // SAFETY: a static callback and a context on our stack, as bpf_loop expects.
     unsafe {
         bpf_loop(steps, scan_step as *mut c_void, (&raw mut scan).cast(), 0);
     }
-    if scan.hit_marks == 0 {
-        return None;
-    }
-    let end = 8 * scan.hit_word as usize + first_marked(scan.hit_marks) + 1;
-    (end <= n).then_some(end)
+    // SAFETY: a field of the scratch entry, which `scan_step` may have written through
+    // the pointer it was given (volatile: the compiler does not see that write).
+    let end = unsafe { core::ptr::read_volatile(&raw const event.len) } as usize;
+    (end != 0 && end <= n).then_some(end)
 }
 
 /// The last four bytes of the head so far: `window` shifted by `data[..n]`.
