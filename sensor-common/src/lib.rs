@@ -64,6 +64,10 @@ pub mod programs {
     pub const SKB_INGRESS: &str = "conn_ingress";
     /// `conn_ingress` without request heads, for kernels without `bpf_loop` (before 5.17).
     pub const SKB_INGRESS_BASIC: &str = "conn_ingress_basic";
+    /// A twin of `conn_ingress` that every kernel's verifier refuses, loaded in its place
+    /// only when a test asks (`HOMESERVER_SENSOR_TEST_REFUSE_HEADS`), to show how the agent
+    /// answers a refused request-head program. Never attached.
+    pub const SKB_INGRESS_REFUSED: &str = "conn_ingress_refused";
     pub const SKB_EGRESS: &str = "conn_egress";
     pub const SOCK_OPS: &str = "conn_sockops";
     pub const SOCK_SEND: &str = "sock_send_length";

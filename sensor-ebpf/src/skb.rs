@@ -21,7 +21,7 @@ use sensor_common::{
 use crate::{
     conn::{CtxSocket, close, emit_open_once, get_or_create},
     head,
-    maps::{CONNS, count_drop},
+    maps::{CONNS, SETTINGS, count_drop},
     transfer,
 };
 
@@ -44,6 +44,19 @@ pub fn conn_ingress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn conn_ingress_basic(ctx: SkBuffContext) -> i32 {
     let _ = try_count(&ctx, Direction::In, Heads::Skip);
+    PASS
+}
+
+/// Refused by every verifier: it reads past the end of a map value ("invalid access to map
+/// value"). The agent loads it instead of `conn_ingress` only for the test of its refusal
+/// (`sensor_common::programs::SKB_INGRESS_REFUSED`); it is never attached.
+#[cgroup_skb(ingress)]
+pub fn conn_ingress_refused(_ctx: SkBuffContext) -> i32 {
+    if let Some(value) = SETTINGS.get_ptr(0) {
+        // SAFETY: none: the verifier rejects this read, which is the point; the program
+        // never runs.
+        unsafe { core::ptr::read_volatile(value.cast::<u8>().wrapping_add(4096)) };
+    }
     PASS
 }
 

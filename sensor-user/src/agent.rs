@@ -17,6 +17,7 @@ use sensor_common::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
+mod health;
 mod reload;
 mod targets;
 
@@ -28,7 +29,7 @@ use crate::{
     client_ip::{ClientIpError, TrustedProxies},
     config::Config,
     decode,
-    detect::{Alert, Detector, Health, Observation, Transfer},
+    detect::{Alert, Detector, Observation, Transfer},
     discover::{self, DiscoverError},
     identity::{FingerprintKey, IdentityError},
     load::{LoadError, Sensor},
@@ -156,6 +157,9 @@ struct Agent {
     tp_pids: BTreeSet<u32>,
     summary: Summary,
     last_plan_error: Option<String>,
+    /// Groups found but not watchable as asked, with why (after start: at start that stops
+    /// the agent).
+    unwatchable: BTreeMap<String, String>,
     /// The kernel's `ringbuf_full_close` count at the last sweep.
     close_drops_swept: u64,
     /// Watched processes that exited since the last health report.
@@ -299,6 +303,7 @@ pub async fn run_reloadable(
         tp_pids: BTreeSet::new(),
         summary: Summary::default(),
         last_plan_error: None,
+        unwatchable: BTreeMap::new(),
         close_drops_swept: 0,
         gone: Vec::new(),
         webhook: None,
@@ -315,6 +320,7 @@ pub async fn run_reloadable(
     agent.rescan(true)?;
     agent.sensor_record("start")?;
     agent.flush()?;
+    agent.report_start();
 
     let rescan_every = Duration::from_millis(agent.opts.config.discovery.rescan_ms);
     let mut rescan = tokio::time::interval(rescan_every);
@@ -705,74 +711,6 @@ impl Agent {
         self.flush()
     }
 
-    /// Once a second: window expiry and the sensor's own health.
-    fn housekeeping(&mut self, drops: BTreeMap<String, u64>) -> Result<(), AgentError> {
-        let now = now_ms();
-        self.detector.expire(now);
-        if let Err(e) = self.ledger.tick(now) {
-            tracing::warn!("{e}");
-        }
-        let health = Health {
-            drops,
-            detached: self.check_attached()?,
-            gone: std::mem::take(&mut self.gone),
-        };
-        let drops: Vec<(String, u64)> = health.drops.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        self.metrics.set_drops(&drops);
-        let heads: Vec<(String, u64)> = self
-            .requests
-            .outcomes
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        self.metrics.set_head_outcomes(&heads);
-        self.metrics
-            .set_tracked_connections(self.conns.open_count() as u64);
-        let background = self.conns.owner_scans_background;
-        self.metrics
-            .set_owner_scans(self.conns.owner_scans - background, background);
-        self.metrics.set_program_stats(&self.sensor.program_stats());
-        self.metrics.set_watched_processes(
-            self.watched
-                .values()
-                .map(|w| w.group.pids.len() as u64)
-                .sum(),
-        );
-        let alerts = self.detector.observe_health(now, &health);
-        self.alerts(alerts)
-    }
-
-    /// Cgroup programs someone detached, as `type/name on CGROUP`. Their cgroup is
-    /// forgotten, so the next rescan (within `discovery.rescan_ms`) attaches them again;
-    /// what passed in between is not counted, which the alert says.
-    fn check_attached(&mut self) -> Result<Vec<String>, AgentError> {
-        let mut detached = Vec::new();
-        let cgroups: Vec<(String, PathBuf, u64)> = self
-            .watched
-            .iter()
-            .filter(|(_, w)| matches!(w.decision, crate::plan::Decision::Cgroup { .. }))
-            .map(|(rel, w)| (rel.clone(), w.cgroup_abs.clone(), w.cgroup_id))
-            .collect();
-        for (rel, abs, id) in cgroups {
-            // A different id: the service restarted and the rescan follows the new cgroup.
-            if discover::cgroup_id(&abs).ok() != Some(id) {
-                continue;
-            }
-            let programs = self.sensor.detached_cgroup_programs(&rel, &abs)?;
-            if programs.is_empty() {
-                continue;
-            }
-            tracing::error!(
-                "programs {programs:?} were detached from cgroup {rel} by someone else: \
-                 attaching them again"
-            );
-            self.sensor.forget_cgroup(&rel, id)?;
-            self.watched.remove(&rel);
-            detached.extend(programs.into_iter().map(|p| format!("{p} on {rel}")));
-        }
-        Ok(detached)
-    }
-
     /// Reports connections whose close event could not be sent (ring buffer full). Walking
     /// the map costs a syscall per entry, so it is done only after such a drop.
     fn sweep_closed(&mut self, drops: &BTreeMap<String, u64>) -> Result<(), AgentError> {
@@ -853,7 +791,6 @@ impl Agent {
         let features = self.sensor.features().clone();
         let mut unavailable = BTreeMap::new();
         for (name, r) in [
-            ("cgroup", &features.cgroup_programs),
             ("request_heads", &features.request_heads),
             ("tracepoint", &features.sock_tracepoints),
             ("syscalls", &features.syscall_tracepoints),
@@ -868,7 +805,7 @@ impl Agent {
             schema: SCHEMA_VERSION,
             phase: phase.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel: kernel_release(),
+            kernel: crate::load::kernel_release(),
             attached: self
                 .sensor
                 .attached_mechanisms()
@@ -886,6 +823,13 @@ impl Agent {
                 })
                 .collect(),
             unavailable,
+            programs: self
+                .sensor
+                .program_loads()
+                .iter()
+                .map(|(name, load)| (name.to_string(), load.clone()))
+                .collect(),
+            object: crate::load::ObjectBuild::embedded(),
             drops,
             metrics: self.metrics_addr.map(|a| a.to_string()),
             heads: self
@@ -937,12 +881,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The proc root used by default.

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod heads;
+
+pub use heads::RequestHeads;
+
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/homeserver-sensor/config.toml";
 
@@ -71,9 +75,11 @@ impl Default for Discovery {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Attribution {
-    /// Capture request heads (endpoint, client, token, user per request). Off leaves only
-    /// per-connection accounting: nothing of the HTTP traffic leaves the kernel.
-    pub request_heads: bool,
+    /// Request heads (endpoint, client, token, user per request): `"required"` (the
+    /// default: refuse to run without them), `"optional"` (run bytes-only where they cannot
+    /// be had, and say so), `"off"` (per-connection accounting only: nothing of the HTTP
+    /// traffic leaves the kernel).
+    pub request_heads: RequestHeads,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (addresses or CIDR
     /// networks). Any other peer is the client itself, whatever headers it sends.
     pub trusted_proxies: Vec<String>,
@@ -90,7 +96,7 @@ pub const DEFAULT_KEY_FILE: &str = "/var/lib/homeserver-sensor/fingerprint.key";
 impl Default for Attribution {
     fn default() -> Self {
         Self {
-            request_heads: true,
+            request_heads: RequestHeads::Required,
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             server_name: None,
             key_file: PathBuf::from(DEFAULT_KEY_FILE),
@@ -393,7 +399,7 @@ mod tests {
         assert_eq!(c.kernel.ring_buffer_bytes, 4 << 20);
         assert_eq!(c.output.events, "-");
         assert_eq!(c.attribution.trusted_proxies, ["127.0.0.0/8", "::1/128"]);
-        assert!(c.attribution.request_heads);
+        assert_eq!(c.attribution.request_heads, RequestHeads::Required);
         assert_eq!(c.attribution.key_file, PathBuf::from(DEFAULT_KEY_FILE));
     }
 
@@ -429,7 +435,7 @@ mod tests {
         assert_eq!(c.kernel.max_connections, 1000);
         assert_eq!(c.attribution.trusted_proxies, ["10.0.0.5", "fd00::/8"]);
         assert_eq!(c.attribution.server_name.as_deref(), Some("example.org"));
-        assert!(!c.attribution.request_heads);
+        assert_eq!(c.attribution.request_heads, RequestHeads::Off);
         assert_eq!(c.output.events, "/var/log/homeserver-sensor/events.jsonl");
     }
 

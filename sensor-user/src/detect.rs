@@ -140,6 +140,21 @@ pub struct Health {
     pub detached: Vec<String>,
     /// Watched processes that went away since the last report.
     pub gone: Vec<u32>,
+    /// What the sensor runs without now (request heads refused and optional, a homeserver
+    /// it cannot watch as asked, a listener it cannot read), by capability.
+    pub blind: Vec<Blind>,
+}
+
+/// Something the sensor cannot see, for as long as it lasts: a `sensor_health` alert at
+/// once, then again every re-alert interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blind {
+    /// What is missing, a short fixed name (`request_heads`, `unwatchable`, `listener`),
+    /// with what it is about after a colon where there are several (`listener:/run/s.sock`).
+    pub capability: String,
+    pub severity: Severity,
+    /// What is missing and why, in a sentence.
+    pub why: String,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +205,11 @@ pub enum HealthIssue {
     },
     ProcessGone {
         pid: u32,
+    },
+    /// The sensor runs without `capability` (see [`Blind`]).
+    Unavailable {
+        capability: String,
+        why: String,
     },
 }
 

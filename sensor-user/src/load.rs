@@ -28,7 +28,13 @@ use sensor_common::{
 
 use crate::{config::Config, plan::Features};
 
+mod object;
 pub mod query;
+mod verify;
+
+pub use object::ObjectBuild;
+
+pub use verify::{BPF_LOOP_SINCE, ProgramLoad, TEST_REFUSE_HEADS_ENV, VERIFIED_INSNS_BUDGET, VERIFIER_LIMIT};
 
 /// The kernel object this agent was built with (`cargo xtask build-ebpf`).
 #[cfg(ebpf_object)]
@@ -52,6 +58,15 @@ pub enum LoadError {
     Missing {
         what: &'static str,
         name: &'static str,
+    },
+    #[error("the kernel (Linux {kernel}) refused program {program}, {purpose}: {reason}{hint}")]
+    Refused {
+        program: &'static str,
+        purpose: &'static str,
+        kernel: String,
+        /// The verifier's reason (the last line of its log), or the error.
+        reason: String,
+        hint: &'static str,
     },
     #[error("the kernel refused program {name}: {source}")]
     Program {
@@ -96,6 +111,8 @@ pub struct Sensor {
     features: Features,
     /// The ingress program in use: with request heads, or the basic one.
     ingress: &'static str,
+    /// What the verifier made of each program the agent loaded.
+    loads: BTreeMap<&'static str, ProgramLoad>,
     cgroups: StdHashMap<String, CgroupLinks>,
     sock_io_attached: bool,
     sock_state_attached: bool,
@@ -168,32 +185,26 @@ impl Sensor {
                 _ => LoadError::Object(e),
             })?;
 
-        let wanted = config.attribution.request_heads;
-        let (cgroup_programs, ingress, request_heads) =
-            match load_cgroup_programs(&mut ebpf, wanted) {
-                Ok((ingress, None)) => (Ok(()), ingress, Ok(())),
-                Ok((ingress, Some(why))) => (Ok(()), ingress, Err(why)),
-                Err(e) => (Err(e.clone()), programs::SKB_INGRESS, Err(e)),
-            };
+        let mut loads = BTreeMap::new();
+        let cgroup = verify::load_cgroup_programs(
+            &mut ebpf,
+            config.attribution.request_heads,
+            &mut loads,
+        )?;
         let sock_tracepoints = match &btf {
             None => Err("the kernel exposes no BTF at /sys/kernel/btf/vmlinux".to_string()),
-            Some(btf) => load_btf_tracepoints(&mut ebpf, btf),
+            Some(btf) => verify::load_btf_tracepoints(&mut ebpf, btf, &mut loads),
         };
-        let syscall_tracepoints = load_syscall_tracepoints(&mut ebpf);
-        if let Err(e) = &cgroup_programs
-            && e.contains("Operation not permitted")
-        {
-            return Err(LoadError::NotPrivileged);
-        }
+        let syscall_tracepoints = verify::load_syscall_tracepoints(&mut ebpf, &mut loads);
         Ok(Self {
             ebpf,
             features: Features {
-                cgroup_programs,
-                request_heads,
+                request_heads: cgroup.request_heads,
                 sock_tracepoints,
                 syscall_tracepoints,
             },
-            ingress,
+            ingress: cgroup.ingress,
+            loads,
             cgroups: StdHashMap::new(),
             sock_io_attached: false,
             sock_state_attached: false,
@@ -203,6 +214,11 @@ impl Sensor {
 
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// Every program loaded (or refused) at start, with the verifier's instruction count.
+    pub fn program_loads(&self) -> &BTreeMap<&'static str, ProgramLoad> {
+        &self.loads
     }
 
     /// Takes the ring buffer of lifecycle events (once).
@@ -613,43 +629,6 @@ fn shorten_verifier_log(s: String) -> String {
     format!("{head}Verifier output (last lines): {tail}")
 }
 
-/// Loads the cgroup programs; returns which ingress program loaded and, if it is the one
-/// without request heads, why the full one was refused.
-fn load_cgroup_programs(
-    ebpf: &mut Ebpf,
-    heads_wanted: bool,
-) -> Result<(&'static str, Option<String>), String> {
-    let load = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), String> {
-        let prog: &mut CgroupSkb = program_mut(ebpf, name).map_err(|e| chain(&e))?;
-        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))
-    };
-    let full = if heads_wanted {
-        load(ebpf, programs::SKB_INGRESS)
-    } else {
-        Err("turned off by attribution.request_heads".to_string())
-    };
-    let (ingress, heads_refused) = match full {
-        Ok(()) => (programs::SKB_INGRESS, None),
-        Err(full) => {
-            load(ebpf, programs::SKB_INGRESS_BASIC)?;
-            let full = match kernel_older_than(BPF_LOOP_SINCE) {
-                Some(release) if heads_wanted => format!(
-                    "request heads need the bpf_loop helper of Linux 5.17 or later (this kernel is {release}), so user, token and client attribution is off: {full}"
-                ),
-                _ => full,
-            };
-            (programs::SKB_INGRESS_BASIC, Some(full))
-        }
-    };
-    load(ebpf, programs::SKB_EGRESS)?;
-    let prog: &mut SockOps = program_mut(ebpf, programs::SOCK_OPS).map_err(|e| chain(&e))?;
-    prog.load()
-        .map_err(|e| format!("{}: {}", programs::SOCK_OPS, chain(&e)))?;
-    Ok((ingress, heads_refused))
-}
-
-/// `bpf_loop`, which the request-head program needs.
-const BPF_LOOP_SINCE: (u8, u8) = (5, 17);
 /// `sock:sock_send_length` and `sock:sock_recv_length`.
 pub const SOCK_LENGTH_SINCE: (u8, u8) = (6, 3);
 
@@ -660,26 +639,11 @@ pub fn kernel_older_than(since: (u8, u8)) -> Option<String> {
     (current < KernelVersion::new(since.0, since.1, 0)).then(|| current.to_string())
 }
 
-fn load_btf_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
-    for name in [
-        programs::SOCK_SEND,
-        programs::SOCK_RECV,
-        programs::SOCK_STATE,
-    ] {
-        // The program is named after its tracepoint.
-        let prog: &mut BtfTracePoint = program_mut(ebpf, name).map_err(|e| chain(&e))?;
-        prog.load(name, btf)
-            .map_err(|e| format!("tracepoint {name}: {}", chain(&e)))?;
-    }
-    Ok(())
-}
-
-fn load_syscall_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in [programs::SYS_ENTER, programs::SYS_EXIT] {
-        let prog: &mut RawTracePoint = program_mut(ebpf, name).map_err(|e| chain(&e))?;
-        prog.load().map_err(|e| format!("{name}: {}", chain(&e)))?;
-    }
-    Ok(())
+/// The running kernel's release (`uname -r`), for records and messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

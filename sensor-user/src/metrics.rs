@@ -18,6 +18,8 @@
 //! | `homeserver_sensor_bpf_program_runs_total` | counter | `program` |
 //! | `homeserver_sensor_watched_processes` | gauge | |
 //! | `homeserver_sensor_tracked_connections` | gauge | |
+//! | `homeserver_sensor_capability` | gauge | `capability` (1: the sensor has it for everything it watches) |
+//! | `homeserver_sensor_bpf_program_verified_instructions` | gauge | `program` |
 //! | `homeserver_sensor_build_info` | info | `version` |
 //!
 //! **Labels carry only values from small sets the agent defines** (endpoint classes, rule
@@ -145,6 +147,16 @@ struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapabilityLabels {
+    capability: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -165,6 +177,8 @@ pub struct Metrics {
     alerts: Capped<RuleLabels>,
     watched_processes: Gauge<u64, AtomicU64>,
     tracked_connections: Gauge<u64, AtomicU64>,
+    capabilities: Family<CapabilityLabels, Gauge<u64, AtomicU64>>,
+    verified_instructions: Family<ProgramLabels, Gauge<u64, AtomicU64>>,
     totals: Arc<Totals>,
 }
 
@@ -225,6 +239,21 @@ impl Metrics {
             "TCP connections of watched processes open and tracked now",
             tracked_connections.clone(),
         );
+        let capabilities = Family::<CapabilityLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "capability",
+            "1 when the sensor has this capability for every process it watches, 0 when it \
+             runs without it (request_heads, socket_tracepoints, syscall_tracepoints, \
+             every_homeserver_watched)",
+            capabilities.clone(),
+        );
+        let verified_instructions = Family::<ProgramLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "bpf_program_verified_instructions",
+            "Instructions the kernel's verifier processed to accept each loaded program (its \
+             limit is 1,000,000; the sensor keeps every program under 200,000)",
+            verified_instructions.clone(),
+        );
         registry.register(
             "build",
             "The agent's version",
@@ -243,6 +272,8 @@ impl Metrics {
             alerts,
             watched_processes,
             tracked_connections,
+            capabilities,
+            verified_instructions,
             totals,
         }
     }
@@ -305,6 +336,24 @@ impl Metrics {
 
     pub fn set_tracked_connections(&self, n: u64) {
         self.tracked_connections.set(n);
+    }
+
+    /// Which capabilities the sensor has now (fixed names the agent defines).
+    pub fn set_capabilities(&self, capabilities: &[(&'static str, bool)]) {
+        for &(capability, on) in capabilities {
+            self.capabilities
+                .get_or_create(&CapabilityLabels { capability })
+                .set(u64::from(on));
+        }
+    }
+
+    /// The verifier's instruction count of each program loaded at start.
+    pub fn set_verified_instructions(&self, programs: &[(&'static str, u32)]) {
+        for &(program, insns) in programs {
+            self.verified_instructions
+                .get_or_create(&ProgramLabels { program })
+                .set(u64::from(insns));
+        }
     }
 
     /// Events dropped, by cause, as the absolute totals the kernel and the agent keep (they

@@ -149,6 +149,11 @@ pub struct SensorRecord {
     pub watched: Vec<WatchRecord>,
     /// Programs the kernel refused, with its reason (mechanisms not available here).
     pub unavailable: BTreeMap<String, String>,
+    /// Every program loaded (or refused) at start, with the instructions the verifier
+    /// processed for it (its limit is 1,000,000).
+    pub programs: BTreeMap<String, crate::load::ProgramLoad>,
+    /// The embedded kernel object: its SHA-256 and the toolchain that built it.
+    pub object: crate::load::ObjectBuild,
     /// Data lost, by place: kernel counters and the agent's own.
     pub drops: BTreeMap<String, u64>,
     /// Request heads by outcome: `parsed`, or why not.

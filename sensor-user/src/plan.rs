@@ -7,9 +7,14 @@
 //! - **tracepoint** (fallback): BTF tracepoints on `sock:sock_send_length`,
 //!   `sock:sock_recv_length` (Linux 6.3+) and `sock:inet_sock_set_state`, filtered by
 //!   process id. Every process's socket calls then run a filter check (one helper and a
-//!   map lookup); file syscalls are untouched.
+//!   map lookup); file syscalls are untouched. It counts bytes only: no request heads. So
+//!   it is used only when `attribution.request_heads` is `"optional"` or `"off"`; with the
+//!   default, `"required"`, a homeserver in a shared cgroup is an error that says how to
+//!   give it a cgroup of its own.
 
 use std::fmt;
+
+use crate::config::RequestHeads;
 
 /// A set of processes that share a cgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +29,10 @@ pub struct Group {
     pub not_dedicated: Option<String>,
 }
 
-/// What the running kernel offers, found by loading the programs.
+/// What the running kernel offers, found by loading the programs. The cgroup programs are
+/// not listed: every supported kernel has them, and the agent does not start without them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Features {
-    /// cgroup_skb and sock_ops programs loaded.
-    pub cgroup_programs: Result<(), String>,
     /// The ingress program that captures request heads loaded (else the basic one did).
     pub request_heads: Result<(), String>,
     /// The BTF tracepoints on sock_send_length / sock_recv_length / inet_sock_set_state loaded.
@@ -77,48 +81,52 @@ impl fmt::Display for PlanError {
     }
 }
 
-/// Picks the mechanism for one group.
-pub fn decide(group: &Group, features: &Features) -> Result<Decision, PlanError> {
+/// Picks the mechanism for one group. `heads` is what the operator asks of request heads:
+/// they are read only by the cgroup programs, so a group in a shared cgroup can be watched
+/// (with the socket tracepoints, bytes only) only when heads are optional or off.
+pub fn decide(
+    group: &Group,
+    features: &Features,
+    heads: RequestHeads,
+) -> Result<Decision, PlanError> {
     let fail = |reason: String| PlanError {
         cgroup: group.cgroup.clone(),
         pids: group.pids.clone(),
         reason,
     };
-    let cgroup_ok = features.cgroup_programs.is_ok();
     if group.explicit_cgroup {
-        return match &features.cgroup_programs {
-            Ok(()) => Ok(Decision::Cgroup {
-                why: format!("cgroup {} named with --cgroup", group.cgroup),
-            }),
-            Err(e) => Err(fail(format!("the kernel refused the cgroup programs: {e}"))),
-        };
+        return Ok(Decision::Cgroup {
+            why: format!("cgroup {} named with --cgroup", group.cgroup),
+        });
     }
-    match (&group.not_dedicated, cgroup_ok) {
-        (None, true) => Ok(Decision::Cgroup {
+    let Some(not_dedicated) = &group.not_dedicated else {
+        return Ok(Decision::Cgroup {
             why: format!(
                 "cgroup {} holds only the watched processes: cgroup programs cost other processes nothing",
                 group.cgroup
             ),
+        });
+    };
+    let shared = format!("cgroup {} is shared ({not_dedicated})", group.cgroup);
+    if heads == RequestHeads::Required {
+        return Err(fail(format!(
+            "{shared}, and request heads (endpoints, tokens, users, client addresses) are read only by cgroup programs on a cgroup of the homeserver's own. {OWN_CGROUP}; or set attribution.request_heads = \"optional\" to watch it with byte counts only"
+        )));
+    }
+    match &features.sock_tracepoints {
+        Ok(()) => Ok(Decision::Tracepoint {
+            why: format!(
+                "{shared}; socket tracepoints filtered by PID instead, byte counts only (other processes' socket calls pay one filter check; run the homeserver in its own cgroup, as systemd does, to avoid it)"
+            ),
         }),
-        (not_dedicated, _) => {
-            let why_not_cgroup = match (not_dedicated, &features.cgroup_programs) {
-                (Some(reason), _) => format!("cgroup {} is shared ({reason})", group.cgroup),
-                (None, Err(e)) => format!("the kernel refused the cgroup programs ({e})"),
-                (None, Ok(())) => unreachable!("handled above"),
-            };
-            match &features.sock_tracepoints {
-                Ok(()) => Ok(Decision::Tracepoint {
-                    why: format!(
-                        "{why_not_cgroup}; socket tracepoints filtered by PID instead (other processes' socket calls pay one filter check; run the homeserver in its own cgroup, as systemd does, to avoid it)"
-                    ),
-                }),
-                Err(e) => Err(fail(format!(
-                    "{why_not_cgroup}, and the socket tracepoints are unavailable ({e}; sock:sock_send_length needs Linux 6.3 or later). Run the homeserver in its own cgroup (systemd does this for every service) or pass --cgroup with a cgroup that holds only the homeserver"
-                ))),
-            }
-        }
+        Err(e) => Err(fail(format!(
+            "{shared}, and the socket tracepoints are unavailable ({e}; sock:sock_send_length needs Linux 6.3 or later). {OWN_CGROUP}"
+        ))),
     }
 }
+
+/// How to give the homeserver a cgroup of its own, for the errors that need one.
+const OWN_CGROUP: &str = "Run the homeserver in its own cgroup: as a systemd service (systemd gives every service one; for a homeserver started by hand, `systemd-run --unit=synapse --same-dir -- python -m synapse.app.homeserver -c homeserver.yaml`), or pass --cgroup with a cgroup that holds only the homeserver";
 
 #[cfg(test)]
 mod tests {
@@ -133,45 +141,64 @@ mod tests {
         }
     }
 
-    fn features(cgroup: bool, tp: bool) -> Features {
-        let r = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err("EINVAL".to_string())
-            }
-        };
+    fn features(tp: bool) -> Features {
         Features {
-            cgroup_programs: r(cgroup),
-            request_heads: r(cgroup),
-            sock_tracepoints: r(tp),
+            request_heads: Ok(()),
+            sock_tracepoints: if tp { Ok(()) } else { Err("EINVAL".into()) },
             syscall_tracepoints: Ok(()),
         }
     }
 
     #[test]
     fn dedicated_cgroup_uses_cgroup_programs() {
-        let d = decide(&group(false, None), &features(true, true)).unwrap();
-        assert_eq!(d.name(), "cgroup");
-        assert!(d.why().contains("cost other processes nothing"));
+        for heads in [RequestHeads::Required, RequestHeads::Optional, RequestHeads::Off] {
+            let d = decide(&group(false, None), &features(true), heads).unwrap();
+            assert_eq!(d.name(), "cgroup");
+            assert!(d.why().contains("cost other processes nothing"));
+        }
     }
 
     #[test]
-    fn shared_cgroup_falls_back_to_tracepoints_and_says_why() {
-        let d = decide(
+    fn shared_cgroup_is_refused_while_heads_are_required() {
+        let e = decide(
             &group(false, Some("PID 7 (bash) is not watched")),
-            &features(true, true),
+            &features(true),
+            RequestHeads::Required,
         )
-        .unwrap();
-        assert_eq!(d.name(), "tracepoint");
-        assert!(d.why().contains("PID 7 (bash)"), "{}", d.why());
+        .unwrap_err();
+        let msg = e.to_string();
+        for part in [
+            "PID 7 (bash)",
+            "read only by cgroup programs",
+            "systemd-run --unit=synapse",
+            "--cgroup",
+            "attribution.request_heads = \"optional\"",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+    }
+
+    #[test]
+    fn shared_cgroup_falls_back_to_tracepoints_when_heads_may_be_missing() {
+        for heads in [RequestHeads::Optional, RequestHeads::Off] {
+            let d = decide(
+                &group(false, Some("PID 7 (bash) is not watched")),
+                &features(true),
+                heads,
+            )
+            .unwrap();
+            assert_eq!(d.name(), "tracepoint");
+            assert!(d.why().contains("PID 7 (bash)"), "{}", d.why());
+            assert!(d.why().contains("byte counts only"), "{}", d.why());
+        }
     }
 
     #[test]
     fn shared_cgroup_without_socket_tracepoints_is_a_clear_error() {
         let e = decide(
             &group(false, Some("the root cgroup")),
-            &features(true, false),
+            &features(false),
+            RequestHeads::Optional,
         )
         .unwrap_err();
         let msg = e.to_string();
@@ -181,15 +208,12 @@ mod tests {
 
     #[test]
     fn explicit_cgroup_is_watched_whole_even_if_shared() {
-        let d = decide(&group(true, Some("PID 7 (bash)")), &features(true, false)).unwrap();
+        let d = decide(
+            &group(true, Some("PID 7 (bash)")),
+            &features(false),
+            RequestHeads::Required,
+        )
+        .unwrap();
         assert_eq!(d.name(), "cgroup");
-    }
-
-    #[test]
-    fn refused_cgroup_programs_fall_back() {
-        let d = decide(&group(false, None), &features(false, true)).unwrap();
-        assert_eq!(d.name(), "tracepoint");
-        assert!(d.why().contains("refused the cgroup programs"));
-        assert!(decide(&group(true, None), &features(false, true)).is_err());
     }
 }

@@ -100,11 +100,17 @@ impl Agent {
         let (groups, configs) = self.groups(at_start)?;
         self.learn_server_name(configs);
         let mut next: BTreeMap<String, Watched> = BTreeMap::new();
+        let mut unwatchable = BTreeMap::new();
         for group in groups {
-            let decision = match plan::decide(&group, self.sensor.features()) {
+            let heads = self.opts.config.attribution.request_heads;
+            let decision = match plan::decide(&group, self.sensor.features(), heads) {
                 Ok(d) => d,
-                Err(e) if at_start && !self.opts.targets.is_discovery() => return Err(e.into()),
+                // At start, a homeserver that cannot be watched as asked stops the agent,
+                // whether it was named or discovered: running on would look healthy and
+                // see nothing of it.
+                Err(e) if at_start => return Err(e.into()),
                 Err(e) => {
+                    unwatchable.insert(group.cgroup.clone(), e.to_string());
                     let msg = e.to_string();
                     if self.last_plan_error.as_deref() != Some(&msg) {
                         tracing::error!("{msg}");
@@ -128,6 +134,8 @@ impl Agent {
                 },
             );
         }
+        // Reported by the health check (a `sensor_health` alert) for as long as it lasts.
+        self.unwatchable = unwatchable;
         if next == self.watched {
             return Ok(());
         }

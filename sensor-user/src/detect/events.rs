@@ -194,8 +194,9 @@ impl Events {
         self.transfer(end_ms, realert_ms, threshold, &transfer)
     }
 
-    /// `sensor_health`: one alert per drop place whose counter rose, per detached program
-    /// and per process gone, each at most once per re-alert interval. Drops held back by
+    /// `sensor_health`: one alert per drop place whose counter rose, per detached program,
+    /// per process gone and per capability missing, each at most once per re-alert
+    /// interval. Drops held back by
     /// the interval are added to the next alert for that place.
     pub(super) fn health(&mut self, end_ms: u64, realert_ms: u64, h: &Health) -> Vec<Alert> {
         let mut alerts = Vec::new();
@@ -240,6 +241,16 @@ impl Events {
                     program: program.clone(),
                 };
                 alerts.push(health_alert(Severity::Critical, 1, end_ms, issue, summary));
+            }
+        }
+        for blind in &h.blind {
+            if self.health_due(format!("blind:{}", blind.capability), end_ms, realert_ms) {
+                let issue = HealthIssue::Unavailable {
+                    capability: blind.capability.clone(),
+                    why: blind.why.clone(),
+                };
+                let summary = format!("the sensor runs without {}: {}", blind.capability, blind.why);
+                alerts.push(health_alert(blind.severity, 1, end_ms, issue, summary));
             }
         }
         for &pid in &h.gone {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::detect::{Health, HealthIssue, Severity, Windowed};
+use crate::detect::{Blind, Health, HealthIssue, Severity, Windowed};
 
 fn drops(place: &str, total: u64) -> Health {
     Health {
@@ -49,6 +49,40 @@ fn rising_drop_counters_alert_and_held_back_drops_are_reported_later() {
     d.expire(T0 + 1_300 * SECOND);
     let alerts = d.observe_health(T0 + 1_300 * SECOND, &drops("ringbuf", 2));
     assert_eq!(brief(&alerts), [("sensor_health", 0, 2)]);
+}
+
+#[test]
+fn a_missing_capability_alerts_at_once_and_again_each_interval_while_it_lasts() {
+    let mut d = detector(|_| {});
+    let h = Health {
+        blind: vec![Blind {
+            capability: "request_heads".into(),
+            severity: Severity::Warning,
+            why: "the kernel refused conn_ingress".into(),
+        }],
+        ..Health::default()
+    };
+    let alerts = d.observe_health(T0, &h);
+    assert_eq!(brief(&alerts), [("sensor_health", 0, 1)]);
+    assert_eq!(alerts[0].severity, Severity::Warning);
+    assert_eq!(
+        alerts[0].summary,
+        "the sensor runs without request_heads: the kernel refused conn_ingress"
+    );
+    assert_eq!(
+        alerts[0].evidence.health,
+        Some(HealthIssue::Unavailable {
+            capability: "request_heads".into(),
+            why: "the kernel refused conn_ingress".into(),
+        })
+    );
+    assert!(d.observe_health(T0 + SECOND, &h).is_empty(), "deduplicated");
+    assert_eq!(d.observe_health(T0 + 600 * SECOND, &h).len(), 1);
+    // Gone: nothing more.
+    assert!(
+        d.observe_health(T0 + 1_200 * SECOND, &Health::default())
+            .is_empty()
+    );
 }
 
 #[test]
