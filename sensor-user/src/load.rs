@@ -59,7 +59,7 @@ pub enum LoadError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("the kernel (Linux {kernel}) refused program {program}, {purpose}: {reason}{hint}")]
+    #[error("the kernel (Linux {kernel}) refused program {program}, {purpose}; it said: \"{reason}\"{hint}")]
     Refused {
         program: &'static str,
         purpose: &'static str,

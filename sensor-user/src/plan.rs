@@ -151,7 +151,11 @@ mod tests {
 
     #[test]
     fn dedicated_cgroup_uses_cgroup_programs() {
-        for heads in [RequestHeads::Required, RequestHeads::Optional, RequestHeads::Off] {
+        for heads in [
+            RequestHeads::Required,
+            RequestHeads::Optional,
+            RequestHeads::Off,
+        ] {
             let d = decide(&group(false, None), &features(true), heads).unwrap();
             assert_eq!(d.name(), "cgroup");
             assert!(d.why().contains("cost other processes nothing"));

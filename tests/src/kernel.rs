@@ -2,6 +2,7 @@
 //! BTF and symbol table), so that a test on an older kernel can check that the agent refuses
 //! a feature with the right reason instead of trusting the agent's word for it.
 
+use homeserver_sensor::config::{Config, RequestHeads};
 use serde_json::Value;
 
 /// The kernel release (`uname -r`).
@@ -9,6 +10,19 @@ pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether the running kernel is older than `major.minor`.
+pub fn older_than(major: u32, minor: u32) -> bool {
+    let release = release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    (next(), next()) < (major, minor)
 }
 
 /// Whether `sock:sock_send_length` exists (Linux 6.3+): its BTF type
@@ -65,13 +79,23 @@ pub fn request_heads(start: &Value) -> bool {
     false
 }
 
+/// Request heads optional: byte counts are enough for the caller's test.
+pub fn heads_optional(mut config: Config) -> Config {
+    config.attribution.request_heads = RequestHeads::Optional;
+    config
+}
+
 /// On a kernel without `sock:sock_send_length` (before 6.3) a process in a shared cgroup
-/// cannot be watched: the agent must refuse, saying why and what to do.
+/// cannot be watched even with request heads optional: the agent must refuse, saying why
+/// and what to do.
 pub fn refuses_shared_cgroup(pid: u32) {
-    let err = crate::agent_start_error(homeserver_sensor::agent::Targets {
-        pids: vec![pid],
-        cgroups: vec![],
-    });
+    let err = crate::agent_start_error_with(
+        homeserver_sensor::agent::Targets {
+            pids: vec![pid],
+            cgroups: vec![],
+        },
+        heads_optional(Config::default()),
+    );
     for part in [
         "is shared",
         "the socket tracepoints are unavailable",

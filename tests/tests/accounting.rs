@@ -143,6 +143,31 @@ fn cgroup_mechanism_counts_exact_bytes() {
     assert_no_drops(&records);
 }
 
+/// With request heads required (the default), a homeserver in a cgroup it shares with other
+/// processes is refused at start, with how to give it one of its own: watching it by byte
+/// counts alone would look healthy and see no request.
+#[test]
+fn a_shared_cgroup_is_refused_while_request_heads_are_required() {
+    require_root();
+    let server = Server::start(&["127.0.0.1:0"], None);
+    let err = agent_start_error_with(
+        Targets {
+            pids: vec![server.pid()],
+            cgroups: vec![],
+        },
+        Config::default(),
+    );
+    for part in [
+        "is shared",
+        "read only by cgroup programs on a cgroup of the homeserver's own",
+        "systemd-run --unit=synapse",
+        "--cgroup",
+        "attribution.request_heads = \"optional\"",
+    ] {
+        assert!(err.contains(part), "{part:?} not in: {err}");
+    }
+}
+
 #[test]
 fn tracepoint_mechanism_counts_exact_bytes_and_calls() {
     require_root();
@@ -153,12 +178,24 @@ fn tracepoint_mechanism_counts_exact_bytes_and_calls() {
         kernel::refuses_shared_cgroup(server.pid());
         return;
     }
-    let agent = Agent::for_pid(server.pid(), Config::default());
+    // Bytes only: request heads are read by the cgroup programs alone.
+    let agent = Agent::for_pid(server.pid(), kernel::heads_optional(Config::default()));
     let traffic = drive(server.addrs[0], server.addrs[1]);
     let records = agent.stop();
 
     let start = sensor_record(&records, "start");
     assert_eq!(start["watched"][0]["mechanism"], "tracepoint", "{start}");
+    // Running without heads for it is a health alert, not a silence.
+    let blind = records
+        .iter()
+        .find(|r| r["rule"] == "sensor_health" && r["evidence"]["health"]["issue"] == "unavailable")
+        .unwrap_or_else(|| panic!("no sensor_health alert for the bytes-only watch: {records:#?}"));
+    assert!(
+        blind["evidence"]["health"]["capability"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("request_heads")),
+        "{blind}"
+    );
     assert!(
         start["watched"][0]["why"]
             .as_str()

@@ -327,7 +327,8 @@ fn single_transfer_in_tracepoint_mode() {
         kernel::refuses_shared_cgroup(server.pid());
         return;
     }
-    let mut c = config();
+    // Bytes only: request heads are read by the cgroup programs alone.
+    let mut c = kernel::heads_optional(config());
     c.detect.single_transfer.threshold_bytes = 8 << 20;
     let agent = Agent::for_pid(server.pid(), c);
     let mut client = Client::connect(server.addrs[0]);

@@ -85,11 +85,18 @@ fn connections_open_before_the_agent_are_counted_from_its_start() {
     early.request("GET", "/bytes/5000", b"", false);
     let (sent_before, received_before) = (early.sent, early.received);
 
-    let agent = Agent::for_pid(server.pid(), Config::default());
+    let mut agent = Agent::for_pid(server.pid(), Config::default());
     early.request("GET", "/bytes/70000", b"", false);
     early.request("POST", "/upload", &[b'p'; 3000], true);
     early.finish_reading();
-    settle();
+    // Its end is seen from its packets, a FIN each way: wait for the record that says so
+    // (an emulated CPU in `cargo xtask vm-test` can take longer than any fixed pause).
+    let local = early.local();
+    agent.wait_for(Duration::from_secs(60), |records| {
+        connection_of(records, local)
+            .iter()
+            .any(|r| r["closed"] == true)
+    });
     let records = agent.stop();
     let found = connection_of(&records, early.local());
     assert_eq!(found.len(), 1, "{records:#?}");

@@ -249,7 +249,10 @@ impl Events {
                     capability: blind.capability.clone(),
                     why: blind.why.clone(),
                 };
-                let summary = format!("the sensor runs without {}: {}", blind.capability, blind.why);
+                let summary = format!(
+                    "the sensor runs without {}: {}",
+                    blind.capability, blind.why
+                );
                 alerts.push(health_alert(blind.severity, 1, end_ms, issue, summary));
             }
         }

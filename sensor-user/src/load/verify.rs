@@ -97,21 +97,33 @@ pub(super) fn load_cgroup_programs(
                 }
                 None if heads == RequestHeads::Required => {
                     return Err(refusal.fatal(
-                        "which reads request heads: without it the sensor sees no request, endpoint, token, user or client address",
+                        "which reads request heads (without it the sensor sees no request, endpoint, token, user or client address)",
                         "; set attribution.request_heads = \"optional\" to run with byte counts only",
                     ));
                 }
-                None => request_heads = Err(refusal.to_string()),
+                None => request_heads = Err(refusal.brief()),
             },
         }
     }
     if ingress == programs::SKB_INGRESS_BASIC {
-        load_fatal(ebpf, programs::SKB_INGRESS_BASIC, loads, "which counts incoming bytes")?;
+        load_fatal(
+            ebpf,
+            programs::SKB_INGRESS_BASIC,
+            loads,
+            "which counts incoming bytes",
+        )?;
     }
-    load_fatal(ebpf, programs::SKB_EGRESS, loads, "which counts outgoing bytes")?;
+    load_fatal(
+        ebpf,
+        programs::SKB_EGRESS,
+        loads,
+        "which counts outgoing bytes",
+    )?;
     let name = programs::SOCK_OPS;
-    load_one(ebpf, name, loads, |ebpf| Ok(program_mut::<SockOps>(ebpf, name)?.load()?))
-        .map_err(|r| r.fatal("which follows each connection's life", ""))?;
+    load_one(ebpf, name, loads, |ebpf| {
+        Ok(program_mut::<SockOps>(ebpf, name)?.load()?)
+    })
+    .map_err(|r| r.fatal("which follows each connection's life", ""))?;
     Ok(CgroupPrograms {
         ingress,
         request_heads,
@@ -184,6 +196,16 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Refusal {
+    /// One line: the program, the kernel and the verifier's reason.
+    fn brief(&self) -> String {
+        format!(
+            "the kernel (Linux {}) refused program {}: \"{}\"",
+            crate::load::kernel_release(),
+            self.program,
+            self.verifier_says.as_deref().unwrap_or(&self.reason)
+        )
+    }
+
     /// The error that stops the agent: one sentence with the program, what it does, the
     /// kernel and the verifier's reason.
     fn fatal(self, purpose: &'static str, hint: &'static str) -> LoadError {
@@ -289,7 +311,12 @@ pub fn processed_insns(log: &str) -> Option<u32> {
 /// The verifier's reason for a refusal: the last line of its log that is not one of the
 /// statistics it prints at the end.
 pub fn verifier_reason(log: &str) -> Option<String> {
-    const STATISTICS: [&str; 4] = ["processed ", "verification time", "stack depth", "mark_read"];
+    const STATISTICS: [&str; 4] = [
+        "processed ",
+        "verification time",
+        "stack depth",
+        "mark_read",
+    ];
     log.lines()
         .map(str::trim)
         .rev()
