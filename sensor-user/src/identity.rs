@@ -26,26 +26,52 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use config::server_name_from_synapse_config;
-pub use fingerprint::{Fingerprint, FingerprintKey};
+pub use fingerprint::{Fingerprint, FingerprintKey, KeyCheck};
 pub use redact::redact_target;
 pub use synapse_token::{localpart_from_token, user_from_token};
 
+/// Default location of the fingerprint key (systemd's `StateDirectory`): the only place a
+/// missing key is created (see [`FingerprintKey::load_or_create`]).
+pub const DEFAULT_KEY_FILE: &str = "/var/lib/homeserver-sensor/fingerprint.key";
+
 /// Errors of this module. No message ever contains a token or key material.
+///
+/// Each message is the whole sentence, its cause included (the I/O error, after the path):
+/// the cause is a plain field, not `source()`, so a printer that walks the chain does not
+/// repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot {action} fingerprint key file {}: {source}", path.display())]
+    #[error(
+        "cannot {action} the fingerprint key file {}: {cause}; {}",
+        path.display(), key_io_hint(action)
+    )]
     KeyIo {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    /// A key file that does not exist, anywhere but [`DEFAULT_KEY_FILE`]: most likely a typo
+    /// in `attribution.key_file`, and a new key would silently stop fingerprints from
+    /// matching the ledger's.
+    #[error(
+        "no fingerprint key at {}: fix attribution.key_file if the path is wrong, or create \
+         the key there (32 random bytes, mode 0600: \
+         `(umask 077; head -c 32 /dev/urandom > {})`); only the default location, \
+         {DEFAULT_KEY_FILE}, is created automatically",
+        path.display(), path.display()
+    )]
+    KeyMissing { path: PathBuf },
     #[error(
         "fingerprint key file {} has mode {mode:04o}, open to group or others; \
          run `chmod 600 {}` (and check who could have read it)",
         path.display(), path.display()
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
-    #[error("fingerprint key file {} is not a regular file", path.display())]
+    #[error(
+        "fingerprint key file {} is not a regular file; point attribution.key_file at the \
+         32-byte key file",
+        path.display()
+    )]
     KeyNotAFile { path: PathBuf },
     #[error(
         "fingerprint key file {} holds {size} bytes, expected 32; restore it from backup, \
@@ -55,20 +81,30 @@ pub enum IdentityError {
     KeySize { path: PathBuf, size: u64 },
     #[error("cannot draw random bytes for a new fingerprint key: {0}")]
     Random(getrandom::Error),
-    #[error("cannot read Synapse config {}: {source}", path.display())]
+    #[error("cannot read Synapse config {}: {cause}", path.display())]
     ConfigIo {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("Synapse config {} is not valid YAML: {source}", path.display())]
+    #[error("Synapse config {} is not valid YAML: {cause}", path.display())]
     ConfigYaml {
         path: PathBuf,
-        source: serde_yaml_ng::Error,
+        cause: serde_yaml_ng::Error,
     },
     #[error("Synapse config {}: server_name must be a string", path.display())]
     ServerNameNotString { path: PathBuf },
     #[error("not a token fingerprint: expected \"tfp_\" followed by 16 hex digits")]
     BadFingerprint,
+}
+
+/// What to do when the key file cannot be read or written.
+fn key_io_hint(action: &str) -> &'static str {
+    match action {
+        "open" | "inspect" | "read" => {
+            "check attribution.key_file and that the agent's user may read the file"
+        }
+        _ => "check attribution.key_file and that the agent's user may write its directory",
+    }
 }
 
 /// Where a request carried its access token.

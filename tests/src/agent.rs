@@ -10,6 +10,7 @@ use std::{
 use homeserver_sensor::{
     agent::{self, RunOptions, Summary, Targets},
     config::{Config, DEFAULT_KEY_FILE},
+    identity::FingerprintKey,
     output::Sink,
 };
 use serde_json::Value;
@@ -45,6 +46,11 @@ impl Agent {
         }
         if config.ledger.dir == Path::new(homeserver_sensor::ledger::DEFAULT_DIR) {
             config.ledger.dir = dir.path.join("ledger");
+        }
+        // The agent makes a key only at the default location; a test's new state directory
+        // gets one here (a test that restarts the agent finds it there the second time).
+        if !config.attribution.key_file.exists() {
+            FingerprintKey::create(&config.attribution.key_file).expect("create the key file");
         }
         let opts = RunOptions {
             config,
@@ -230,6 +236,7 @@ pub fn agent_start_error_with(targets: Targets, mut config: Config) -> String {
         .expect("runtime");
     let dir = TempDir::new("err");
     config.attribution.key_file = dir.path.join("fingerprint.key");
+    FingerprintKey::create(&config.attribution.key_file).expect("create the key file");
     config.ledger.dir = dir.path.join("ledger");
     config.metrics.listen = "127.0.0.1:0".into();
     let opts = RunOptions {

@@ -344,6 +344,8 @@ fn raw_tokens_never_leave_the_agent() {
         ),
     )
     .unwrap();
+    homeserver_sensor::identity::FingerprintKey::create(&dir.path.join("state/fingerprint.key"))
+        .expect("create the key file");
     let mut child = Command::new(sibling_binary("homeserver-sensor"))
         .args(["run", "-c"])
         .arg(&config)

@@ -80,6 +80,9 @@ fn run_with_refused_heads(
         ),
     )
     .expect("write config");
+    // The agent makes a key only at the default location.
+    homeserver_sensor::identity::FingerprintKey::create(&dir.path.join("fingerprint.key"))
+        .expect("create the key file");
     let out = Command::new(sibling_binary("homeserver-sensor"))
         .env(load::TEST_REFUSE_HEADS_ENV, "1")
         .arg("run")

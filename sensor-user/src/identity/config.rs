@@ -22,15 +22,15 @@ use super::IdentityError;
 pub fn server_name_from_synapse_config(paths: &[PathBuf]) -> Result<Option<String>, IdentityError> {
     let mut found: Option<(PathBuf, Value)> = None;
     for file in config_files(paths)? {
-        let io_err = |source| IdentityError::ConfigIo {
+        let io_err = |cause| IdentityError::ConfigIo {
             path: file.clone(),
-            source,
+            cause,
         };
         let text = fs::read_to_string(&file).map_err(io_err)?;
         if let Some(value) =
-            top_level_server_name(&text).map_err(|source| IdentityError::ConfigYaml {
+            top_level_server_name(&text).map_err(|cause| IdentityError::ConfigYaml {
                 path: file.clone(),
-                source,
+                cause,
             })?
         {
             found = Some((file, value));
@@ -51,9 +51,9 @@ fn config_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, IdentityError> {
             files.push(path.clone());
             continue;
         }
-        let io_err = |source| IdentityError::ConfigIo {
+        let io_err = |cause| IdentityError::ConfigIo {
             path: path.clone(),
-            source,
+            cause,
         };
         let mut in_dir = Vec::new();
         for entry in fs::read_dir(path).map_err(io_err)? {

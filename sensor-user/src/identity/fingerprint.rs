@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 
-use super::IdentityError;
+use super::{DEFAULT_KEY_FILE, IdentityError};
 
 const KEY_LEN: usize = 32;
 const PREFIX: &str = "tfp_";
@@ -29,35 +29,74 @@ impl FingerprintKey {
         FingerprintKey { key }
     }
 
-    /// Reads the key at `path`, or creates it if it does not exist.
+    /// Reads the key at `path`; creates it only when it is missing at the default location,
+    /// [`DEFAULT_KEY_FILE`], with a warning.
     ///
-    /// An existing file must be a regular file of exactly 32 bytes that neither group nor
-    /// others may access (mode `0600` or stricter). A new one is created with
-    /// `O_CREAT|O_EXCL` and mode `0600` (its directory, if missing, with `0700`), filled
-    /// from the OS random source and fsynced. If another process creates it first, that
-    /// one is read instead.
+    /// A key missing anywhere else is [`IdentityError::KeyMissing`]: a typo in
+    /// `attribution.key_file` must not create a new key (and its directories), after which
+    /// fingerprints would no longer match the ledger's. An existing file must be a regular
+    /// file of exactly 32 bytes that neither group nor others may access (mode `0600` or
+    /// stricter). See [`FingerprintKey::create`] for how a new one is made.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
-        match Self::load(path) {
-            Err(IdentityError::KeyIo { source, .. })
-                if source.kind() == io::ErrorKind::NotFound => {}
-            loaded => return loaded,
-        }
-        match Self::create(path) {
-            Err(IdentityError::KeyIo { source, .. })
-                if source.kind() == io::ErrorKind::AlreadyExists =>
-            {
-                Self::load(path)
+        Self::load_or_create_with_default(path, Path::new(DEFAULT_KEY_FILE))
+    }
+
+    /// [`load_or_create`](Self::load_or_create) with another default location (tests).
+    pub(crate) fn load_or_create_with_default(
+        path: &Path,
+        default: &Path,
+    ) -> Result<Self, IdentityError> {
+        match Self::check_with_default(path, default)? {
+            KeyCheck::Present(key) => Ok(key),
+            KeyCheck::WillBeCreated => {
+                let key = match Self::create(path) {
+                    // Another process created it first: read that one.
+                    Err(IdentityError::KeyIo { cause, .. })
+                        if cause.kind() == io::ErrorKind::AlreadyExists =>
+                    {
+                        return Self::load(path);
+                    }
+                    created => created?,
+                };
+                tracing::warn!(
+                    "no key at {}: created a new one; fingerprints of earlier runs will not match",
+                    path.display()
+                );
+                Ok(key)
             }
-            created => created,
+        }
+    }
+
+    /// What [`load_or_create`](Self::load_or_create) would do, without creating anything:
+    /// the key, or that it would be created (missing at the default location), or why it
+    /// cannot be used.
+    pub fn check(path: &Path) -> Result<KeyCheck, IdentityError> {
+        Self::check_with_default(path, Path::new(DEFAULT_KEY_FILE))
+    }
+
+    pub(crate) fn check_with_default(
+        path: &Path,
+        default: &Path,
+    ) -> Result<KeyCheck, IdentityError> {
+        match Self::load(path) {
+            Ok(key) => Ok(KeyCheck::Present(key)),
+            Err(IdentityError::KeyIo { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => {
+                if path == default {
+                    Ok(KeyCheck::WillBeCreated)
+                } else {
+                    Err(IdentityError::KeyMissing { path: path.into() })
+                }
+            }
+            Err(e) => Err(e),
         }
     }
 
     fn load(path: &Path) -> Result<Self, IdentityError> {
         let io_err = |action| {
-            move |source| IdentityError::KeyIo {
+            move |cause| IdentityError::KeyIo {
                 action,
                 path: path.into(),
-                source,
+                cause,
             }
         };
         // O_NONBLOCK: a FIFO planted at the path must not hang the sensor; the type check
@@ -89,12 +128,16 @@ impl FingerprintKey {
         Ok(FingerprintKey { key })
     }
 
-    fn create(path: &Path) -> Result<Self, IdentityError> {
+    /// Creates a new key at `path`, which must not exist: `O_CREAT|O_EXCL`, mode `0600`
+    /// (its directory, if missing, `0700`), filled from the OS random source and fsynced.
+    /// For the default location (through [`load_or_create`](Self::load_or_create)) and
+    /// for tests that start an agent on a fresh state directory.
+    pub fn create(path: &Path) -> Result<Self, IdentityError> {
         let io_err = |action| {
-            move |source| IdentityError::KeyIo {
+            move |cause| IdentityError::KeyIo {
                 action,
                 path: path.into(),
-                source,
+                cause,
             }
         };
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -124,7 +167,6 @@ impl FingerprintKey {
         if let Err(e) = File::open(parent.unwrap_or(Path::new("."))).and_then(|d| d.sync_all()) {
             tracing::debug!(error = %e, "cannot fsync the directory of the new fingerprint key");
         }
-        tracing::info!(path = %path.display(), "created a new token fingerprint key");
         Ok(FingerprintKey { key })
     }
 
@@ -145,6 +187,15 @@ impl fmt::Debug for FingerprintKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("FingerprintKey(<redacted>)")
     }
+}
+
+/// What [`FingerprintKey::check`] found.
+#[derive(Debug)]
+pub enum KeyCheck {
+    /// The key file exists and is usable.
+    Present(FingerprintKey),
+    /// No key at the default location: the agent creates one at start.
+    WillBeCreated,
 }
 
 /// A token's keyed fingerprint, written `tfp_` and 16 lowercase hex digits (the first 64

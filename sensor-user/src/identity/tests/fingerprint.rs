@@ -3,7 +3,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::identity::{Fingerprint, FingerprintKey, IdentityError};
+use crate::identity::{Fingerprint, FingerprintKey, IdentityError, KeyCheck};
 
 fn key() -> FingerprintKey {
     FingerprintKey::from_bytes(*b"0123456789abcdef0123456789abcdef")
@@ -125,7 +125,8 @@ fn key_file_is_created_0600_in_a_0700_dir_and_reloaded() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state/keys");
     let path = dir.join("token-fingerprint.key");
-    let created = FingerprintKey::load_or_create(&path).unwrap();
+    // Created where it is the default location.
+    let created = FingerprintKey::load_or_create_with_default(&path, &path).unwrap();
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&tmp.path().join("state")), 0o700);
@@ -151,7 +152,7 @@ fn key_file_is_created_0600_in_a_0700_dir_and_reloaded() {
     );
 
     // A second installation gets a different key.
-    let other = FingerprintKey::load_or_create(&tmp.path().join("other.key")).unwrap();
+    let other = FingerprintKey::create(&tmp.path().join("other.key")).unwrap();
     assert_ne!(other.fingerprint(b"tok"), created.fingerprint(b"tok"));
 }
 
@@ -159,7 +160,7 @@ fn key_file_is_created_0600_in_a_0700_dir_and_reloaded() {
 fn key_file_open_to_others_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("k");
-    FingerprintKey::load_or_create(&path).unwrap();
+    FingerprintKey::create(&path).unwrap();
     for m in [0o644, 0o640, 0o604, 0o660, 0o606] {
         fs::set_permissions(&path, fs::Permissions::from_mode(m)).unwrap();
         let err = FingerprintKey::load_or_create(&path).unwrap_err();
@@ -210,15 +211,122 @@ fn key_path_that_is_a_directory_is_refused() {
 }
 
 #[test]
-fn key_in_unwritable_place_names_the_file() {
+fn key_in_unwritable_place_names_the_file_and_its_cause_once() {
     // A parent that is a regular file cannot hold the key.
     let tmp = tempfile::tempdir().unwrap();
     let blocker = tmp.path().join("blocker");
     fs::write(&blocker, b"").unwrap();
     let path = blocker.join("k");
-    let err = FingerprintKey::load_or_create(&path).unwrap_err();
+    for err in [
+        FingerprintKey::load_or_create(&path).unwrap_err(),
+        FingerprintKey::load_or_create_with_default(&path, &path).unwrap_err(),
+        FingerprintKey::create(&path).unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert_eq!(msg.matches("(os error").count(), 1, "the cause once: {msg}");
+        assert!(msg.contains("check attribution.key_file"), "{msg}");
+        // The cause is in the message, so it is not also the error's source: a printer that
+        // walks the chain would print it twice.
+        assert!(std::error::Error::source(&err).is_none(), "{msg}");
+    }
+}
+
+#[test]
+fn a_missing_key_elsewhere_than_the_default_is_an_error_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A typo in the directory and in the name, next to the real key.
+    let real = tmp.path().join("state/fingerprint.key");
+    let default = tmp.path().join("default/fingerprint.key");
+    FingerprintKey::create(&real).unwrap();
+    for typo in [
+        tmp.path().join("stat/fingerprint.key"),
+        tmp.path().join("state/fingerprnt.key"),
+    ] {
+        let err = FingerprintKey::load_or_create_with_default(&typo, &default).unwrap_err();
+        assert!(matches!(err, IdentityError::KeyMissing { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("no fingerprint key at {}: ", typo.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("fix attribution.key_file"), "{msg}");
+        assert!(msg.contains("create the key there"), "{msg}");
+        assert!(
+            msg.contains(crate::identity::DEFAULT_KEY_FILE),
+            "names the one place keys are created: {msg}"
+        );
+        let check = FingerprintKey::check_with_default(&typo, &default).unwrap_err();
+        assert_eq!(check.to_string(), msg);
+        assert!(!typo.exists(), "no key created at {}", typo.display());
+    }
     assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
+        !tmp.path().join("stat").exists(),
+        "no directory created for a typo"
+    );
+    assert_eq!(
+        fs::read_dir(tmp.path().join("state")).unwrap().count(),
+        1,
+        "only the real key is there"
+    );
+    // The real key still loads from where it is, default or not.
+    FingerprintKey::load_or_create_with_default(&real, &default).expect("an existing key loads");
+}
+
+#[test]
+fn check_never_creates_the_default_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let default = tmp.path().join("state/fingerprint.key");
+    let found = FingerprintKey::check_with_default(&default, &default).unwrap();
+    assert!(matches!(found, KeyCheck::WillBeCreated), "{found:?}");
+    assert!(
+        !tmp.path().join("state").exists(),
+        "check created something"
+    );
+    FingerprintKey::create(&default).unwrap();
+    let found = FingerprintKey::check_with_default(&default, &default).unwrap();
+    assert!(matches!(found, KeyCheck::Present(_)), "{found:?}");
+}
+
+/// Everything a `tracing` subscriber writes, as text.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn creating_the_default_key_warns_once_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let default = tmp.path().join("state/fingerprint.key");
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let created = FingerprintKey::load_or_create_with_default(&default, &default).unwrap();
+        let again = FingerprintKey::load_or_create_with_default(&default, &default).unwrap();
+        assert_eq!(created.fingerprint(b"tok"), again.fingerprint(b"tok"));
+    });
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, at creation only: {text}");
+    assert!(lines[0].contains("WARN"), "{text}");
+    assert!(
+        lines[0].contains(&format!(
+            "no key at {}: created a new one; fingerprints of earlier runs will not match",
+            default.display()
+        )),
+        "{text}"
     );
 }

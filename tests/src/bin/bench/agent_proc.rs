@@ -37,6 +37,9 @@ impl AgentProcess {
             ),
         )
         .expect("write agent config");
+        // The agent makes a key only at the default location.
+        homeserver_sensor::identity::FingerprintKey::create(&dir.path.join("fingerprint.key"))
+            .expect("create the key file");
         let events = dir.path.join("events.jsonl");
         let binary = sibling_binary("homeserver-sensor");
         let mut cmd = match cpu {

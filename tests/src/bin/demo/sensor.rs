@@ -78,6 +78,12 @@ pub fn write_config(dir: &Path) -> Result<PathBuf> {
             "[{table}]\nlimits = [{{ window_s = {WINDOW_S}, threshold = {threshold} }}]\n"
         ));
     }
+    // The agent makes a key only at the default location: the demo's is made here.
+    let key = dir.join("fingerprint.key");
+    if !key.exists() {
+        homeserver_sensor::identity::FingerprintKey::create(&key)
+            .with_context(|| format!("cannot create {}", key.display()))?;
+    }
     let path = dir.join("config.toml");
     std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
