@@ -5,26 +5,44 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod check;
 mod heads;
+mod parse;
 
 pub use heads::RequestHeads;
 
 /// Default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/homeserver-sensor/config.toml";
 
+/// Why a configuration cannot be used. Each message is one line that names the file, and
+/// the line and key when known; the cause of [`ConfigError::Read`] is part of its message,
+/// not its `source()`, so printing the error chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration file {path}: {source}")]
+    #[error(
+        "cannot read the configuration file {}: {cause}; {}",
+        path.display(), read_hint(cause)
+    )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// toml's message names the line and column and what was expected.
-    #[error("invalid configuration in {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// Not TOML, a key that does not exist, or a value of the wrong type: toml's message,
+    /// on one line, with the line and the key (the whole entry, for one inside an array or
+    /// an inline table) where it is.
+    #[error(
+        "invalid configuration in {}{}: {}{message}",
+        path.display(), at_line(*line), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+    )]
+    Parse {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        message: String,
+    },
     /// A value of the right type that is out of range or malformed. `key` is the full
     /// path (`detect.breadth.media.limits[1].window_s`); `line` is where the file sets it.
-    #[error("invalid configuration in {path}{}: {key} = {value}: {why}", at_line(*line))]
+    #[error("invalid configuration in {}{}: {key} = {value}: {why}", path.display(), at_line(*line))]
     Value {
         path: PathBuf,
         line: Option<usize>,
@@ -32,10 +50,43 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    /// Every error of a file that has more than one, in the order of the file: one line
+    /// each.
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several { errors: Vec<ConfigError> },
+}
+
+impl ConfigError {
+    /// The errors this stands for: itself, or each of [`ConfigError::Several`].
+    pub fn each(&self) -> &[ConfigError] {
+        match self {
+            ConfigError::Several { errors } => errors,
+            one => std::slice::from_ref(one),
+        }
+    }
+
+    /// One error for a list of them (not empty).
+    fn from_list(mut errors: Vec<ConfigError>) -> ConfigError {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ConfigError::Several { errors }
+        }
+    }
 }
 
 fn at_line(line: Option<usize>) -> String {
     line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+fn read_hint(cause: &std::io::Error) -> &'static str {
+    match cause.kind() {
+        std::io::ErrorKind::NotFound => "check the path given with -c",
+        std::io::ErrorKind::PermissionDenied => {
+            "run as root, or make the file readable by the agent's user"
+        }
+        _ => "check that it is a readable file",
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -86,12 +137,15 @@ pub struct Attribution {
     /// The homeserver's `server_name`, for `@localpart:server_name`; read from the watched
     /// Synapse's configuration (its `-c`/`--config-path`) when unset.
     pub server_name: Option<String>,
-    /// The per-installation secret of token fingerprints, created (mode 0600) on first start.
+    /// The per-installation secret of token fingerprints. Created (mode 0600) on first start
+    /// at the default location only; a key missing anywhere else is an error (a typo here
+    /// must not start a new key, whose fingerprints would not match the ledger's).
     pub key_file: PathBuf,
 }
 
-/// Default location of the fingerprint key (systemd's `StateDirectory`).
-pub const DEFAULT_KEY_FILE: &str = "/var/lib/homeserver-sensor/fingerprint.key";
+/// Default location of the fingerprint key (systemd's `StateDirectory`), the only place a
+/// missing key is created.
+pub use crate::identity::DEFAULT_KEY_FILE;
 
 impl Default for Attribution {
     fn default() -> Self {
@@ -210,29 +264,10 @@ impl Webhook {
 }
 
 impl Config {
-    /// Parses a configuration text; `path` only names it in errors.
+    /// Parses a configuration text; `path` only names it in errors. Every error of the file
+    /// is reported (several as [`ConfigError::Several`]), each with its line.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        match config.validate(path) {
-            Ok(()) => Ok(config),
-            Err(ConfigError::Value {
-                path,
-                key,
-                value,
-                why,
-                ..
-            }) => Err(ConfigError::Value {
-                line: line_of(text, &key),
-                path,
-                key,
-                value,
-                why,
-            }),
-            Err(e) => Err(e),
-        }
+        parse::parse(text, path).map_err(ConfigError::from_list)
     }
 
     /// Reads `path`; a missing file at the default path means "all defaults".
@@ -244,141 +279,107 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read {
+            Err(cause) => Err(ConfigError::Read {
                 path: path.to_owned(),
-                source,
+                cause,
             }),
         }
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, why: &str| ConfigError::Value {
-            path: path.to_owned(),
-            line: None,
-            key: key.to_owned(),
-            value,
-            why: why.to_owned(),
+    /// Every value of the right type that is out of range or malformed, in the order of
+    /// the sections. `[detect]` and `[ledger]` name their first only.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, value: String, why: &str| {
+            problems.push(Problem {
+                key: key.to_owned(),
+                value,
+                why: why.to_owned(),
+            });
         };
         let rb = self.kernel.ring_buffer_bytes;
         if !rb.is_power_of_two() || rb < 4096 {
-            return Err(bad(
+            bad(
                 "kernel.ring_buffer_bytes",
                 rb.to_string(),
                 "must be a power of two of at least 4096",
-            ));
+            );
         }
         if self.kernel.max_connections == 0 {
-            return Err(bad(
-                "kernel.max_connections",
-                "0".into(),
-                "must be at least 1",
-            ));
+            bad("kernel.max_connections", "0".into(), "must be at least 1");
         }
         if !(50..=60_000).contains(&self.discovery.rescan_ms) {
-            return Err(bad(
+            bad(
                 "discovery.rescan_ms",
                 self.discovery.rescan_ms.to_string(),
                 "must be between 50 and 60000",
-            ));
+            );
         }
         if let Err(e) =
             crate::client_ip::TrustedProxies::try_from(self.attribution.trusted_proxies.as_slice())
         {
-            return Err(bad(
+            bad(
                 "attribution.trusted_proxies",
                 format!("{:?}", self.attribution.trusted_proxies),
                 &e.to_string(),
-            ));
+            );
         }
         if let Err(crate::detect::DetectConfigError::Value { key, value, why }) =
             self.detect.validate()
         {
-            return Err(bad(&format!("detect.{key}"), value, &why));
+            bad(&format!("detect.{key}"), value, &why);
         }
         if self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad(
+            bad(
                 "metrics.listen",
                 self.metrics.listen.clone(),
                 "must be an address and port, such as 127.0.0.1:9465 or [::1]:9465",
-            ));
+            );
         }
         if self.output.events.is_empty() {
-            return Err(bad(
+            bad(
                 "output.events",
                 "\"\"".into(),
                 "must be a file path or \"-\" for stdout",
-            ));
+            );
         }
         if let Err(crate::ledger::LedgerConfigError::Value { key, value, why }) =
             self.ledger.validate()
         {
-            return Err(bad(&format!("ledger.{key}"), value, &why));
+            bad(&format!("ledger.{key}"), value, &why);
         }
         if let Some(hook) = &self.output.webhook {
             match (&hook.url, &hook.url_file) {
                 (Some(url), None) => {
                     if let Err(why) = crate::output::webhook::check_url(url) {
-                        return Err(bad("output.webhook.url", format!("{url:?}"), &why));
+                        bad("output.webhook.url", format!("{url:?}"), &why);
                     }
                 }
                 (None, Some(_)) => {}
-                _ => {
-                    return Err(bad(
-                        "output.webhook",
-                        "{ ... }".into(),
-                        "needs exactly one of `url` and `url_file`",
-                    ));
-                }
+                _ => bad(
+                    "output.webhook",
+                    "{ ... }".into(),
+                    "needs exactly one of `url` and `url_file`",
+                ),
             }
             if !(100..=60_000).contains(&hook.timeout_ms) {
-                return Err(bad(
+                bad(
                     "output.webhook.timeout_ms",
                     hook.timeout_ms.to_string(),
                     "must be between 100 and 60000",
-                ));
+                );
             }
         }
-        Ok(())
+        problems
     }
 }
 
-/// The line (from 1) where `text` sets `key`, a dotted path with `[n]` for array elements
-/// (`detect.volume.token[1].bytes`); the nearest enclosing key found when the exact one is
-/// not in the file (a default that conflicts with a value that is).
-fn line_of(text: &str, key: &str) -> Option<usize> {
-    let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut item: &toml_edit::Item = doc.as_item();
-    let mut span = None;
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let Some(next) = item.get(name) else {
-            break;
-        };
-        item = next;
-        span = item_span(item).or(span);
-        if let Some(i) = index {
-            let Some(next) = item.get(i) else {
-                break;
-            };
-            item = next;
-            span = item_span(item).or(span);
-        }
-    }
-    let offset = span?.start;
-    Some(text[..offset.min(text.len())].matches('\n').count() + 1)
-}
-
-/// Where an item is written: a value's own span, or a table's header.
-fn item_span(item: &toml_edit::Item) -> Option<std::ops::Range<usize>> {
-    match item {
-        toml_edit::Item::Value(v) => v.span(),
-        toml_edit::Item::Table(t) => t.span(),
-        toml_edit::Item::ArrayOfTables(a) => a.span(),
-        toml_edit::Item::None => None,
-    }
+/// A value of the right type that is out of range or malformed.
+struct Problem {
+    /// The full key, `detect.volume.token[0].window_s`.
+    key: String,
+    value: String,
+    why: String,
 }
 
 #[cfg(test)]
@@ -624,6 +625,127 @@ mod tests {
             assert_eq!(Config::load(None).unwrap(), Config::default());
         }
         let err = Config::load(Some(Path::new("/nonexistent/hs.toml"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/hs.toml"));
+        assert_eq!(
+            err.to_string(),
+            "cannot read the configuration file /nonexistent/hs.toml: No such file or \
+             directory (os error 2); check the path given with -c"
+        );
+        // The cause is in the message, so it is not the source too: a printer walking the
+        // chain would say it twice.
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    /// The lines of an error's message, which must each start with the file and line.
+    fn lines_of(err: &ConfigError) -> Vec<String> {
+        let text = err.to_string();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), err.each().len(), "one line per error: {text}");
+        lines
+    }
+
+    #[test]
+    fn every_error_of_a_file_is_named_with_its_line_in_file_order() {
+        let err = parse(
+            "[kernel]\n\
+             max_connections = 0\n\
+             ring_bufer_bytes = 4096\n\
+             [discovery]\n\
+             rescan_ms = \"fast\"\n\
+             [metrics]\n\
+             listen = \"localhost\"\n\
+             [kernal]\n\
+             x = 1\n\
+             [detect.volume]\n\
+             token = [{ window_s = 0, threshold_bytes = 1 }]\n",
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Several { .. }), "{err}");
+        let lines = lines_of(&err);
+        let expected = [
+            (2, "kernel.max_connections = 0: must be at least 1"),
+            (
+                3,
+                "kernel.ring_bufer_bytes: unknown field `ring_bufer_bytes`",
+            ),
+            (
+                5,
+                "discovery.rescan_ms: invalid type: string \"fast\", expected u64",
+            ),
+            (7, "metrics.listen = localhost: must be an address and port"),
+            (8, "kernal: unknown field `kernal`"),
+            (11, "detect.volume.token[0].window_s = 0: must be between 1"),
+        ];
+        assert_eq!(lines.len(), expected.len(), "{err}");
+        for (line, (n, what)) in lines.iter().zip(expected) {
+            let start = format!("invalid configuration in test.toml, line {n}: {what}");
+            assert!(
+                line.starts_with(&start),
+                "{start:?} is not the start of {line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_error_on_one_line() {
+        let err = parse("[discovery\nrescan_ms = 1\n[kernal]\n").unwrap_err();
+        let lines = lines_of(&err);
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0]
+                .starts_with("invalid configuration in test.toml, line 1: invalid table header"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_entry_read_again_is_not_checked_twice() {
+        // `url` of the wrong type is left out of the second reading; the webhook then has
+        // neither `url` nor `url_file`, which is not a second error.
+        let err = parse("[output.webhook]\nurl = 5\n").unwrap_err();
+        let lines = lines_of(&err);
+        assert_eq!(
+            lines,
+            [
+                "invalid configuration in test.toml, line 2: output.webhook.url: invalid type: \
+              integer `5`, expected a string"
+            ]
+        );
+    }
+
+    #[test]
+    fn dotted_keys_inline_tables_and_arrays_of_tables() {
+        let err = parse(
+            "discovery.rescan_ms = \"x\"\n\
+             [detect.volume]\n\
+             token = [{ window_s = 60, threshold = 5 }]\n\
+             [[detect.breadth.media.limits]]\n\
+             window_s = 60\n",
+        )
+        .unwrap_err();
+        let lines = lines_of(&err);
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].starts_with(
+                "invalid configuration in test.toml, line 1: discovery.rescan_ms: invalid type"
+            ),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with("invalid configuration in test.toml, line 3: detect.volume.token: unknown field `threshold`"),
+            "{err}"
+        );
+        assert!(
+            lines[2].starts_with("invalid configuration in test.toml, line 4: detect.breadth.media.limits[0]: missing field `threshold`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_of_garbage_stops_at_twenty_errors() {
+        let text: String = (0..50).map(|i| format!("key{i} = {i}\n")).collect();
+        let err = parse(&text).unwrap_err();
+        let lines = lines_of(&err);
+        assert_eq!(lines.len(), 20, "{err}");
+        assert!(lines[19].contains("line 20: key19: unknown field"), "{err}");
     }
 }

@@ -138,12 +138,20 @@ pub const MAX_PENDING_REQUESTS: u64 = 250_000;
 pub const EARLY_FLUSH_REQUESTS: u64 = MAX_PENDING_REQUESTS / 4;
 
 /// The ledger cannot be opened, written or pruned. Each message says what failed and what
-/// the agent does about it.
+/// the agent does about it. The errors of opening carry their cause in the message (a
+/// `cause` field, not `source()`), so printing the error chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("cannot create the ledger directory {}: {source}", path.display())]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("the ledger directory {} is not a directory", path.display())]
+    #[error(
+        "cannot create the ledger directory {}: {cause}; create it (mode 0700, owned by the \
+         agent's user) or set [ledger] dir to a directory the agent can write",
+        path.display()
+    )]
+    CreateDir { path: PathBuf, cause: io::Error },
+    #[error(
+        "the ledger directory {} is not a directory; set [ledger] dir to a directory",
+        path.display()
+    )]
     NotADirectory { path: PathBuf },
     #[error(
         "the ledger directory {} has mode {mode:04o}, open to group or others, and the ledger \
@@ -157,8 +165,17 @@ pub enum LedgerError {
         path.display(), path.join(".lock").display()
     )]
     Locked { path: PathBuf },
-    #[error("cannot read the ledger directory {}: {source}", path.display())]
-    ReadDir { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot read the ledger directory {}: {cause}; it must belong to the agent's user",
+        path.display()
+    )]
+    ReadDir { path: PathBuf, cause: io::Error },
+    #[error(
+        "cannot open and lock {}: {cause}; make the ledger directory writable by the agent's \
+         user, or set [ledger] dir to one it can write",
+        path.join(".lock").display()
+    )]
+    Lock { path: PathBuf, cause: io::Error },
     #[error(
         "cannot write ledger segment {}: {source}; its lines stay in memory and are written \
          again at the next flush", path.display()
@@ -291,13 +308,13 @@ impl Ledger {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| LedgerError::CreateDir {
+            .map_err(|cause| LedgerError::CreateDir {
                 path: dir.clone(),
-                source,
+                cause,
             })?;
-        let read_dir = |source| LedgerError::ReadDir {
+        let read_dir = |cause| LedgerError::ReadDir {
             path: dir.clone(),
-            source,
+            cause,
         };
         let meta = fs::metadata(dir).map_err(read_dir)?;
         if !meta.is_dir() {
@@ -457,9 +474,9 @@ fn lock(dir: &Path) -> Result<File, LedgerError> {
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|source| LedgerError::ReadDir {
+        .map_err(|cause| LedgerError::Lock {
             path: dir.to_owned(),
-            source,
+            cause,
         })?;
     // SAFETY: flock on a descriptor this function owns; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -470,9 +487,9 @@ fn lock(dir: &Path) -> Result<File, LedgerError> {
                 path: dir.to_owned(),
             }
         } else {
-            LedgerError::ReadDir {
+            LedgerError::Lock {
                 path: dir.to_owned(),
-                source: e,
+                cause: e,
             }
         });
     }

@@ -1,12 +1,15 @@
 //! The `homeserver-sensor` binary: parses the command line and runs the agent library.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use homeserver_sensor::{
     agent::{self, RunOptions, Targets},
-    config::Config,
+    config::{Config, ConfigError, check},
     output::Sink,
 };
 
@@ -73,20 +76,63 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let result = match Cli::parse().command {
-        Command::CheckConfig { file } => Config::load(Some(&file))
-            .map(|_| println!("{}: OK", file.display()))
-            .map_err(anyhow::Error::from),
+        Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
         Command::Report(args) => report(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One sentence per cause, never a backtrace: these are errors a user can meet.
-            eprintln!("homeserver-sensor: {e:#}");
+            // One line per error, never a backtrace: these are errors a user can meet.
+            for line in error_text(&e).lines() {
+                eprintln!("homeserver-sensor: {line}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error as the user reads it: its message, then each cause that no message above it
+/// already says. The library's errors carry their cause in their own message (the advice
+/// that follows a cause could not be placed otherwise), so this adds what an `anyhow`
+/// context wraps, and never repeats a cause. Several errors are on several lines.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+/// Every error of a configuration, one per line.
+fn config_errors(e: &ConfigError) -> anyhow::Error {
+    let lines: Vec<String> = e.each().iter().map(ToString::to_string).collect();
+    anyhow::anyhow!(lines.join("\n"))
+}
+
+/// What `run` checks at start without a kernel, all at once: one error per line.
+fn start_checks(config: &Config) -> anyhow::Result<()> {
+    let errors = check::start_checks(config, agent::default_proc_root());
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    Err(anyhow::anyhow!(lines.join("\n")))
+}
+
+/// `check-config FILE`: the file, then what `run` would check of the host with it.
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let config = Config::load(Some(file)).map_err(|e| config_errors(&e))?;
+    start_checks(&config)?;
+    println!("{}: OK", file.display());
+    Ok(())
 }
 
 /// The configuration file with the command line's overrides applied; read at start and
@@ -100,7 +146,7 @@ struct ConfigSource {
 }
 
 impl ConfigSource {
-    fn load(&self) -> Result<Config, homeserver_sensor::config::ConfigError> {
+    fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.path.as_deref())?;
         config.accounting.call_counts |= self.call_counts;
         config.accounting.syscalls |= self.syscall_counts;
@@ -127,7 +173,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         syscall_counts: args.syscall_counts,
         events: args.events,
     };
-    let config = source.load()?;
+    let config = source.load().map_err(|e| config_errors(&e))?;
     let duration = match args.duration {
         Some(s) if !(s.is_finite() && s > 0.0) => {
             anyhow::bail!("--duration must be a positive number of seconds, not {s}")
@@ -145,6 +191,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration,
         proc_root: agent::default_proc_root().to_owned(),
     };
+    // Before anything is loaded into the kernel: every path and file the agent needs. Not
+    // without the privilege to load (the agent then says so first, which is what to fix).
+    if homeserver_sensor::load::privileged() {
+        start_checks(&opts.config)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -170,7 +221,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reading the configuration again");
-                let config = source.load().map_err(|e| e.to_string());
+                // One line for the log and the `reload` record, however many errors.
+                let config = source.load().map_err(|e| {
+                    let each: Vec<String> = e.each().iter().map(ToString::to_string).collect();
+                    each.join("; ")
+                });
                 if reload_tx.send(config).is_err() {
                     break;
                 }
@@ -181,4 +236,65 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::from)
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn a_cause_in_the_message_is_printed_once() {
+        let read = Config::load(Some(Path::new("/nonexistent.toml"))).unwrap_err();
+        assert_eq!(
+            error_text(&anyhow::Error::from(read)),
+            "cannot read the configuration file /nonexistent.toml: No such file or directory \
+             (os error 2); check the path given with -c"
+        );
+        // An error that says its cause and also returns it as its source (some of the
+        // library's do): still once.
+        let bind = homeserver_sensor::metrics::MetricsError::Bind {
+            addr: "127.0.0.1:9465".parse().unwrap(),
+            hint: "another process holds this port",
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        let text = error_text(&anyhow::Error::from(bind));
+        assert_eq!(
+            text,
+            "cannot listen for metrics on 127.0.0.1:9465: address in use; another process \
+             holds this port"
+        );
+    }
+
+    #[test]
+    fn a_context_is_followed_by_its_cause() {
+        let e = Err::<(), _>(io::Error::other("out of threads"))
+            .context("cannot start the async runtime")
+            .unwrap_err();
+        assert_eq!(
+            error_text(&e),
+            "cannot start the async runtime: out of threads"
+        );
+    }
+
+    #[test]
+    fn several_configuration_errors_are_one_per_line() {
+        let err = Config::parse(
+            "[kernel]\nmax_connections = 0\n[discovery]\nrescan_ms = 1\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        let text = error_text(&config_errors(&err));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("invalid configuration in c.toml, line 2: kernel.max_connections"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("invalid configuration in c.toml, line 4: discovery.rescan_ms"),
+            "{text}"
+        );
+    }
 }
