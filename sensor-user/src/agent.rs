@@ -157,6 +157,9 @@ struct Agent {
     tp_pids: BTreeSet<u32>,
     summary: Summary,
     last_plan_error: Option<String>,
+    /// Discovery found no homeserver at start (said once, at warning level): say so when
+    /// it finds one.
+    nothing_found: bool,
     /// Groups found but not watchable as asked, with why (after start: at start that stops
     /// the agent).
     unwatchable: BTreeMap<String, String>,
@@ -303,6 +306,7 @@ pub async fn run_reloadable(
         tp_pids: BTreeSet::new(),
         summary: Summary::default(),
         last_plan_error: None,
+        nothing_found: false,
         unwatchable: BTreeMap::new(),
         close_drops_swept: 0,
         gone: Vec::new(),

@@ -98,6 +98,16 @@ impl Agent {
     /// Finds what to watch and brings the kernel side in line with it.
     pub(super) fn rescan(&mut self, at_start: bool) -> Result<(), AgentError> {
         let (groups, configs) = self.groups(at_start)?;
+        if at_start && groups.is_empty() && self.opts.targets.is_discovery() {
+            tracing::warn!(
+                "no Synapse process found, so nothing is watched yet: discovery looks for \
+                 processes whose command line runs a `synapse.app.` module (python -m \
+                 synapse.app.homeserver, synapse.app.generic_worker, ...) and looks again every \
+                 {} ms (discovery.rescan_ms); give --pid or --cgroup to watch other processes",
+                self.opts.config.discovery.rescan_ms
+            );
+            self.nothing_found = true;
+        }
         self.learn_server_name(configs);
         let mut next: BTreeMap<String, Watched> = BTreeMap::new();
         let mut unwatchable = BTreeMap::new();
@@ -138,6 +148,11 @@ impl Agent {
         self.unwatchable = unwatchable;
         if next == self.watched {
             return Ok(());
+        }
+        if self.nothing_found && !next.is_empty() {
+            let pids: Vec<u32> = next.values().flat_map(|w| w.group.pids.clone()).collect();
+            tracing::info!("discovery found Synapse: watching PIDs {pids:?}");
+            self.nothing_found = false;
         }
         self.apply(next)?;
         if !at_start {
