@@ -52,6 +52,40 @@
 //! A request that finishes after its hour was compacted is appended as usual and the hour
 //! is compacted again. A lock on `<dir>/.lock` keeps a second agent out.
 //!
+//! # Coverage: when the sensor could see requests
+//! Without request heads (the kernel refused the request-head program and
+//! `attribution.request_heads` is `"optional"`, or it is `"off"`) no request reaches the
+//! ledger; in a shared cgroup some watched processes are counted by bytes only and their
+//! requests are missing. So that a report on such a period says the sensor was blind rather
+//! than that the subject was idle, the agent keeps `<dir>/coverage.jsonl` (mode `0600`), one
+//! record a line:
+//!
+//! ```text
+//! {"coverage":1,"at":"2026-09-21T14:13:20.000Z","event":"start","heads":"blind","why":"turned off by attribution.request_heads = \"off\": ..."}
+//! {"coverage":1,"at":"2026-09-21T15:02:11.250Z","event":"change","heads":"partial","why":"/system.slice/synapse.service: PIDs [812] are watched by byte counts only: ..."}
+//! {"coverage":1,"at":"2026-09-21T15:40:00.000Z","event":"change","heads":"full"}
+//! {"coverage":1,"at":"2026-09-21T18:00:00.000Z","event":"stop"}
+//! ```
+//!
+//! `heads` is `full` (every watched process's requests seen), `partial` (some watched
+//! processes without heads: their requests are not in the ledger) or `blind` (no request
+//! heads at all); `why` says why, for the last two (cut to [`coverage::WHY_MAX`] bytes). The
+//! agent notes its coverage once a second ([`Ledger::note_coverage`]): a run's first note
+//! writes a `start` record, a note that differs from the run's last one a `change`, any other
+//! nothing; [`Ledger::note_stop`] at a clean stop writes `stop` (so does a ledger dropped
+//! without it, as when the agent ends with an error). Each append is one `write` then
+//! `fdatasync`; a failed one is cut back and its records kept (at most 64) for the next note
+//! or flush. A line cut by a crash is ended by the next append and skipped (and counted) by
+//! readers, as in segments.
+//!
+//! A period runs from a `start` or `change` record to the next record: a `change`, a `stop`,
+//! or the next run's `start`. A crash (or `SIGKILL`) writes no `stop`, so the period the
+//! crashed run was in extends to the next run's start record: the report says the sensor saw
+//! that way until then, though it saw nothing from the crash on. With no record after it, a
+//! period is open: the agent is still running (or stopped without a record and never ran
+//! again). A ledger without the file (written by an older agent) reports as before, with
+//! nothing said about coverage.
+//!
 //! # Time granularity
 //! Times are exact to the millisecond for every entry (first and last request); counts are
 //! per hour once the hour is compacted (per flush before that). A report range cuts entries
@@ -66,6 +100,11 @@
 //! - Size: while the segments add up to more than `max_bytes` (1 GiB), the oldest is
 //!   deleted. The current and the previous hour are never deleted for size, so the budget
 //!   can be exceeded by at most those two hours.
+//! - The coverage log drops, at the same tick, the records whose period ended more than
+//!   `retention_days` ago (the one whose period runs across that horizon stays), and the
+//!   oldest past [`coverage::writer::MAX_RECORDS`] (4,096): a rewrite to
+//!   `.coverage.jsonl.tmp`, `fsync`ed and renamed over it. It is bounded by age rather than
+//!   by the oldest segment: a blind period has no segments, and is what it must tell.
 //! - Every deletion is logged and counted ([`LedgerStats`]: `pruned_segments_age`,
 //!   `pruned_segments_size`, `pruned_bytes`); requests older than the retention when they
 //!   are observed are counted as `stale` and not kept.
@@ -94,6 +133,7 @@
 //! `fdatasync` per hour written to.
 
 mod config;
+pub mod coverage;
 pub(crate) mod line;
 pub(crate) mod segment;
 #[cfg(test)]
@@ -110,6 +150,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 
 pub use config::{DEFAULT_DIR, LedgerConfig, LedgerConfigError};
+pub use coverage::Coverage;
 pub use line::{ITEM_CAP, PEER_CAP};
 
 use line::{Line, NONE};
@@ -197,6 +238,13 @@ pub enum LedgerError {
         why: &'static str,
         source: io::Error,
     },
+    #[error(
+        "cannot write the ledger's coverage log {}: {source}; its records stay in memory and \
+         are written again at the next note or flush", path.display()
+    )]
+    Coverage { path: PathBuf, source: io::Error },
+    #[error("cannot prune the ledger's coverage log {}: {source}", path.display())]
+    CoveragePrune { path: PathBuf, source: io::Error },
 }
 
 /// The ledger's own counters, for the `sensor` record and the metrics. Counts are since the
@@ -228,8 +276,8 @@ pub struct LedgerStats {
     pub write_errors: u64,
     pub compactions: u64,
     pub compaction_errors: u64,
-    /// Partial lines found at the end of a segment (a crash in the middle of a write),
-    /// ended so that readers skip them as one unreadable line.
+    /// Partial lines found at the end of a segment or of the coverage log (a crash in the
+    /// middle of a write), ended so that readers skip them as one unreadable line.
     pub torn_lines: u64,
 }
 
@@ -290,6 +338,8 @@ struct Inner {
     pending_requests: u64,
     segments: BTreeMap<u64, Segment>,
     compacting: Option<Compaction>,
+    /// When the agent ran and whether it saw requests (`coverage.jsonl`).
+    coverage: coverage::Writer,
     /// The latest time given to `tick`.
     clock_ms: u64,
     last_flush_ms: Option<u64>,
@@ -368,6 +418,7 @@ impl Ledger {
                 pending_requests: 0,
                 segments,
                 compacting: None,
+                coverage: coverage::Writer::new(dir),
                 clock_ms: 0,
                 last_flush_ms: None,
                 stats,
@@ -393,12 +444,41 @@ impl Ledger {
         }
     }
 
-    /// Writes every pending line now (at stop), after waiting for a running compaction.
+    /// Writes every pending line now (at stop), after waiting for a running compaction,
+    /// and the coverage records a failed write left.
     pub fn flush(&mut self) -> Result<(), LedgerError> {
         match &mut self.inner {
             Some(inner) => {
                 inner.collect_compaction(true);
-                inner.flush(None)
+                let written = inner.flush(None);
+                let appended = inner.coverage.write_unwritten();
+                written.and(inner.coverage_written(appended))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Notes whether the agent sees requests at `now_ms` (milliseconds since the epoch), in
+    /// the coverage log: at a run's first call a start record, then a record only when it
+    /// differs from the last note. Cheap when nothing changed: call it once a second. An
+    /// error is for the log: the record is kept and written at the next call.
+    pub fn note_coverage(&mut self, now_ms: u64, heads: Coverage) -> Result<(), LedgerError> {
+        match &mut self.inner {
+            Some(inner) => {
+                let appended = inner.coverage.note(now_ms, heads);
+                inner.coverage_written(appended)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Notes a stop at `now_ms` in the coverage log (nothing if no coverage was noted). A
+    /// ledger dropped without it notes one at its drop.
+    pub fn note_stop(&mut self, now_ms: u64) -> Result<(), LedgerError> {
+        match &mut self.inner {
+            Some(inner) => {
+                let appended = inner.coverage.stop(now_ms);
+                inner.coverage_written(appended)
             }
             None => Ok(()),
         }
@@ -437,6 +517,7 @@ impl Ledger {
         if let Some(inner) = &mut self.inner {
             inner.pending.clear();
             inner.pending_requests = 0;
+            inner.coverage.crash();
         }
     }
 
@@ -447,8 +528,17 @@ impl Ledger {
 }
 
 impl Drop for Ledger {
-    /// A ledger dropped without `flush` still writes what it holds (best effort).
+    /// A ledger dropped without `flush` still writes what it holds (best effort), and a
+    /// stop in the coverage log if the run noted no stop (an agent that ends with an error).
     fn drop(&mut self) {
+        if self.inner.as_ref().is_some_and(|i| i.coverage.running()) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if let Err(e) = self.note_stop(now_ms) {
+                tracing::warn!(error = %e, "ledger: cannot note the stop");
+            }
+        }
         if let Err(e) = self.flush() {
             tracing::warn!(error = %e, "ledger: final flush failed");
         }
@@ -555,8 +645,60 @@ impl Inner {
             self.last_flush_ms = Some(now_ms);
         }
         let pruned = self.prune(self.clock_ms);
+        let horizon = self
+            .clock_ms
+            .saturating_sub(u64::from(self.config.retention_days) * DAY_MS);
+        let pruned = pruned.and(self.prune_coverage(horizon));
         self.start_compaction(self.clock_ms);
         result.and(pruned)
+    }
+
+    /// Counts what a coverage append did, and names the file in its error.
+    fn coverage_written(
+        &mut self,
+        appended: io::Result<coverage::writer::Appended>,
+    ) -> Result<(), LedgerError> {
+        match appended {
+            Ok(done) => {
+                if done.torn {
+                    self.stats.torn_lines += 1;
+                    tracing::warn!(log = %self.coverage.path().display(),
+                        "ledger: a partial coverage record (a crash during a write) was \
+                         ended; reports skip it and count it");
+                }
+                Ok(())
+            }
+            Err(source) => {
+                self.stats.write_errors += 1;
+                Err(LedgerError::Coverage {
+                    path: self.coverage.path(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Drops the coverage records of periods that ended before `horizon_ms` (the age
+    /// retention: a blind period has no segments, so the oldest segment is no bound).
+    fn prune_coverage(&mut self, horizon_ms: u64) -> Result<(), LedgerError> {
+        match self.coverage.prune(horizon_ms) {
+            Ok(0) => Ok(()),
+            Ok(dropped) => {
+                tracing::info!(
+                    dropped,
+                    "ledger: dropped coverage records older than \
+                    ledger.retention_days"
+                );
+                Ok(())
+            }
+            Err(source) => {
+                self.stats.write_errors += 1;
+                Err(LedgerError::CoveragePrune {
+                    path: self.coverage.path(),
+                    source,
+                })
+            }
+        }
     }
 
     /// Appends the pending lines of every hour but `hold` (being compacted).

@@ -3,6 +3,7 @@
 //! `report/tests.rs`.
 
 mod config;
+mod coverage;
 mod durability;
 mod format;
 mod retention;
