@@ -19,7 +19,13 @@
 //! bytes and first and last request; `--top N` lists N per section (0: all). `--json`
 //! writes one object with every entry (see [`Report`]). A subject the ledger does not know
 //! gives an empty report that says so, not an error.
+//!
+//! When the sensor ran without request heads (all of them, or for some watched processes)
+//! during the range, as the ledger's coverage log says, the report lists those periods
+//! (`coverage` in `--json`, see [`SensorCoverage`]): their requests are not in the ledger.
+//! An empty report then says the sensor could not see, not that there was nothing to see.
 
+mod coverage;
 mod query;
 mod render;
 #[cfg(test)]
@@ -32,6 +38,7 @@ use std::path::{Path, PathBuf};
 use ::time::OffsetDateTime;
 use ::time::format_description::well_known::Rfc3339;
 
+pub use coverage::{Gap, SensorCoverage};
 pub use query::{Entry, NotListed, Report, SubjectOut, query};
 
 use crate::identity::{Fingerprint, IdentityError};
@@ -102,6 +109,8 @@ pub enum ReportError {
     ReadDir { path: PathBuf, source: io::Error },
     #[error("cannot read ledger segment {}: {source}", path.display())]
     ReadSegment { path: PathBuf, source: io::Error },
+    #[error("cannot read the ledger's coverage log {}: {source}", path.display())]
+    ReadCoverage { path: PathBuf, source: io::Error },
     #[error("cannot write the report: {0}")]
     Output(io::Error),
 }

@@ -160,6 +160,12 @@ fn report_lists_exactly_what_the_scraper_reached_across_an_agent_restart() {
     assert_eq!(r["found"], true, "{r}");
     assert_eq!(r["skipped_lines"], 0, "{r}");
     assert_eq!(r["not_listed"]["items"], 0, "{r}");
+    // The agent had request heads throughout: no period without them in the range.
+    assert_eq!(
+        r["coverage"]["gaps"].as_array().map(Vec::len),
+        Some(0),
+        "{r}"
+    );
 
     // Totals: every request and byte of the scrape.
     let all = totals(&report.exchanges);
@@ -227,6 +233,7 @@ fn report_lists_exactly_what_the_scraper_reached_across_an_agent_restart() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&scraper.user_id), "{text}");
     assert!(text.contains(SCRAPER), "{text}");
+    assert!(!text.contains("without request heads"), "{text}");
     for room in &report.rooms {
         assert!(
             text.contains(&room.room_id),

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::coverage::{self, SensorCoverage};
 use super::{Query, ReportError, Subject, rfc3339};
 use crate::ledger::line::{Counts, Entries, ItemKind, Line, NONE, biggest_first};
 use crate::ledger::segment::{self, HOUR_MS};
@@ -92,6 +93,10 @@ pub struct Report {
     pub segments_read: u64,
     /// Ledger lines that could not be read (damaged, or being written) and were skipped.
     pub skipped_lines: u64,
+    /// When the sensor could not see every request, over the range (absent from reports
+    /// written before the coverage log: then unknown).
+    #[serde(default)]
+    pub coverage: SensorCoverage,
 }
 
 /// Builds the report for `q` from the ledger in `dir`.
@@ -139,7 +144,9 @@ pub fn query(dir: &Path, q: &Query) -> Result<Report, ReportError> {
             acc.line(raw, start);
         }
     }
-    Ok(acc.finish(q))
+    let mut report = acc.finish(q);
+    report.coverage = coverage::read(dir, q.since_ms, q.until_ms)?;
+    Ok(report)
 }
 
 /// The report being built.
@@ -328,6 +335,7 @@ impl Acc {
             granularity_s: HOUR_MS / 1000,
             segments_read: self.segments,
             skipped_lines: self.skipped,
+            coverage: SensorCoverage::default(),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 use std::io::{self, Write};
 
+use super::coverage::Gap;
 use super::query::{Entry, Report};
+use crate::ledger::coverage::{End, Heads};
 
 /// Writes `report` as text, listing at most `top` entries per section (0: all).
 pub fn text(report: &Report, top: usize, out: &mut dyn Write) -> io::Result<()> {
@@ -20,11 +22,30 @@ pub fn text(report: &Report, top: usize, out: &mut dyn Write) -> io::Result<()> 
     writeln!(out, "Ledger report for {who} {}", report.subject.id)?;
     writeln!(out, "Range:     {range}")?;
     if !report.found {
-        writeln!(
-            out,
-            "No requests of this {who} in the ledger for that range ({} hour segments read).",
-            report.segments_read
-        )?;
+        let segments = report.segments_read;
+        let coverage = &report.coverage;
+        if coverage.blind_throughout {
+            writeln!(
+                out,
+                "No requests of this {who} in the ledger for that range, but the sensor ran \
+                 without request heads for all of it: it saw no requests at all, so the ledger \
+                 cannot say whether this {who} made any ({segments} hour segments read)."
+            )?;
+        } else if !coverage.gaps.is_empty() {
+            writeln!(
+                out,
+                "No requests of this {who} in the ledger for that range, but the sensor could \
+                 not see every request for some of that time (below): requests of those \
+                 periods are not in the ledger ({segments} hour segments read)."
+            )?;
+        } else {
+            writeln!(
+                out,
+                "No requests of this {who} in the ledger for that range ({segments} hour \
+                 segments read)."
+            )?;
+        }
+        gaps(report, out)?;
         return notes(report, out);
     }
     if let (Some(first), Some(last)) = (&report.first_seen, &report.last_seen) {
@@ -38,6 +59,7 @@ pub fn text(report: &Report, top: usize, out: &mut dyn Write) -> io::Result<()> 
         thousands(report.bytes_out),
         human_bytes(report.bytes_out)
     )?;
+    gaps(report, out)?;
     let sections: [(&str, &[Entry]); 10] = [
         ("Users", &report.users),
         ("Tokens", &report.tokens),
@@ -78,6 +100,57 @@ pub fn text(report: &Report, top: usize, out: &mut dyn Write) -> io::Result<()> 
     notes(report, out)
 }
 
+/// One sentence per period of the range when the sensor did not see every request.
+fn gaps(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    let gaps = &report.coverage.gaps;
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    for gap in gaps {
+        writeln!(out, "{}", gap_sentence(gap))?;
+    }
+    Ok(())
+}
+
+/// "The sensor ran without request heads from T1 to T2 (why): requests of that time are
+/// not in the ledger."
+pub(super) fn gap_sentence(gap: &Gap) -> String {
+    let (without, whose) = match gap.heads {
+        Heads::Partial => (
+            "without request heads for some watched processes",
+            "their requests",
+        ),
+        Heads::Blind | Heads::Full => ("without request heads", "requests"),
+    };
+    let (to, after) = match (&gap.until, gap.ended) {
+        (Some(until), End::Restart) => (
+            format!("to {until}"),
+            format!(
+                " {until} is the agent's next start: it stopped before, without recording when \
+                 (killed or crashed)."
+            ),
+        ),
+        (Some(until), _) => (format!("to {until}"), String::new()),
+        (None, _) => (
+            "on".to_owned(),
+            " That is the last record: the agent still runs so, or stopped without recording \
+             it."
+            .to_owned(),
+        ),
+    };
+    let why = if gap.why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", gap.why)
+    };
+    format!(
+        "The sensor ran {without} from {} {to}{why}: {whose} of that time are not in the \
+         ledger.{after}",
+        gap.since
+    )
+}
+
 fn notes(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     if report.straddling > 0 {
         writeln!(
@@ -94,6 +167,14 @@ fn notes(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             "\nNote: {} ledger lines could not be read (damaged, or being written) and were \
              skipped.",
             thousands(report.skipped_lines)
+        )?;
+    }
+    if report.coverage.skipped_lines > 0 {
+        writeln!(
+            out,
+            "\nNote: {} lines of the ledger's coverage log could not be read (damaged, or \
+             being written) and were skipped.",
+            thousands(report.coverage.skipped_lines)
         )?;
     }
     Ok(())

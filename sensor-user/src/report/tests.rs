@@ -1,6 +1,8 @@
 //! Unit tests for the report: arguments, times, the text and JSON outputs, errors. The
 //! ledger fixtures come from `ledger/tests.rs`.
 
+mod coverage;
+
 use std::fs;
 
 use clap::Parser;
@@ -8,7 +10,7 @@ use clap::Parser;
 use super::render::{human_bytes, thousands};
 use super::*;
 use crate::ledger::tests::{
-    Fixture, H0, HOUR, MINUTE, SCRAPER, SCRAPER_IP, T0, benign, download, expected, feed, fp,
+    DAY, Fixture, H0, HOUR, MINUTE, SCRAPER, SCRAPER_IP, T0, benign, download, expected, feed, fp,
     scraper, seen,
 };
 
