@@ -159,10 +159,19 @@ impl Writer {
         let times = match &mut self.on_disk {
             Some(times) => times,
             None => {
-                let times = super::read(&self.dir)?
-                    .map(|log| log.records.iter().map(|r| r.at_ms).collect())
-                    .unwrap_or_default();
-                self.on_disk.insert(times)
+                // Read once: an error is reported once, and the rewrite reads the file
+                // again anyway.
+                let times = super::read(&self.dir).map(|log| {
+                    log.map(|log| log.records.iter().map(|r| r.at_ms).collect())
+                        .unwrap_or_default()
+                });
+                match times {
+                    Ok(times) => self.on_disk.insert(times),
+                    Err(e) => {
+                        self.on_disk = Some(Vec::new());
+                        return Err(e);
+                    }
+                }
             }
         };
         if cut(times, horizon_ms) == 0 {
