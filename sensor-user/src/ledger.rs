@@ -102,7 +102,7 @@
 //!   can be exceeded by at most those two hours.
 //! - The coverage log drops, at the same tick, the records whose period ended more than
 //!   `retention_days` ago (the one whose period runs across that horizon stays), and the
-//!   oldest past [`coverage::writer::MAX_RECORDS`] (4,096): a rewrite to
+//!   oldest past [`coverage::MAX_RECORDS`] (4,096): a rewrite to
 //!   `.coverage.jsonl.tmp`, `fsync`ed and renamed over it. It is bounded by age rather than
 //!   by the oldest segment: a blind period has no segments, and is what it must tell.
 //! - Every deletion is logged and counted ([`LedgerStats`]: `pruned_segments_age`,

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use writer::MAX_RECORDS;
 pub(crate) use writer::Writer;
 
 use crate::detect::Blind;
