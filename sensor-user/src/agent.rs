@@ -868,6 +868,9 @@ impl Agent {
                 .collect();
             self.process_records(&pids, false)?;
         }
+        if let Err(e) = self.ledger.note_stop(now_ms()) {
+            tracing::warn!("{e}");
+        }
         if let Err(e) = self.ledger.flush() {
             tracing::warn!("{e}");
         }

@@ -160,7 +160,9 @@ fn report_lists_exactly_what_the_scraper_reached_across_an_agent_restart() {
     assert_eq!(r["found"], true, "{r}");
     assert_eq!(r["skipped_lines"], 0, "{r}");
     assert_eq!(r["not_listed"]["items"], 0, "{r}");
-    // The agent had request heads throughout: no period without them in the range.
+    // The agent had request heads throughout, and said so in the ledger: no period
+    // without them in the range.
+    assert_eq!(r["coverage"]["known"], true, "{r}");
     assert_eq!(
         r["coverage"]["gaps"].as_array().map(Vec::len),
         Some(0),

@@ -5,7 +5,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use homeserver_sensor::config::Config;
+use homeserver_sensor::config::{Config, RequestHeads};
 use homeserver_sensor_tests::{
     Agent, Cgroup, Client, Nginx, Server, kernel, require_root, sensor_record, settle,
     synapse_token, test_server_response_len,
@@ -434,14 +434,27 @@ fn request_heads_can_be_turned_off() {
     let cgroup = Cgroup::new("noheads");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let mut c = config();
-    c.attribution.request_heads = false;
-    let agent = Agent::for_cgroup(&cgroup, c);
+    c.attribution.request_heads = RequestHeads::Off;
+    let mut agent = Agent::for_cgroup(&cgroup, c);
     let mut client = Client::connect_from(ip("127.0.0.12"), server.addrs[0]);
     client.request("GET", "/_matrix/client/v3/sync?bytes=4321", b"", false);
     client.request("GET", "/_matrix/client/v3/sync?bytes=1", b"", true);
     client.finish_reading();
-    settle();
+    let local = client.local();
+    agent.wait_for(Duration::from_secs(30), |records| {
+        records
+            .iter()
+            .any(|r| r["kind"] == "connection" && r["peer"] == local.to_string().as_str())
+    });
     let records = agent.stop();
+    // Said, not silent: an info-level health alert names what the sensor runs without.
+    let off = records
+        .iter()
+        .find(|r| {
+            r["rule"] == "sensor_health" && r["evidence"]["health"]["capability"] == "request_heads"
+        })
+        .unwrap_or_else(|| panic!("no sensor_health alert for heads turned off: {records:#?}"));
+    assert_eq!(off["severity"], "info", "{off}");
     assert!(requests(&records).is_empty(), "{records:#?}");
     let conn = records
         .iter()

@@ -158,4 +158,22 @@ fn a_refused_head_program_stops_the_agent_unless_heads_are_optional() {
         .unwrap_or_else(|| panic!("no sensor_health alert for the missing heads: {records:#?}"));
     assert_eq!(alert["severity"], "warning", "{alert}");
     assert!(stderr.contains("running without request_heads"), "{stderr}");
+    // Afterwards, the ledger's report on that time says the sensor was blind, rather than
+    // that nobody asked for anything.
+    let report = Command::new(sibling_binary("homeserver-sensor"))
+        .args(["report", "--client-ip", "203.0.113.7", "--ledger-dir"])
+        .arg(dir.path.join("ledger"))
+        .output()
+        .expect("run homeserver-sensor report");
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{report:?}");
+    assert!(
+        text.contains("The sensor ran without request heads from")
+            && text.contains("refused program conn_ingress_refused"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("No requests of this client address in the ledger for that range ("),
+        "{text}"
+    );
 }

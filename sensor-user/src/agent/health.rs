@@ -9,6 +9,7 @@ use crate::{
     config::RequestHeads,
     detect::{Blind, Health, Severity},
     discover,
+    ledger::Coverage,
     plan::Decision,
 };
 
@@ -20,6 +21,7 @@ impl Agent {
         if let Err(e) = self.ledger.tick(now) {
             tracing::warn!("{e}");
         }
+        self.note_coverage(now);
         let health = Health {
             drops,
             detached: self.check_attached()?,
@@ -86,7 +88,7 @@ impl Agent {
     /// At start: the verifier's figures as metrics and in the log, and a warning for each
     /// capability the sensor starts without (the `sensor_health` alerts follow at the first
     /// health check, within a second).
-    pub(super) fn report_start(&self) {
+    pub(super) fn report_start(&mut self) {
         let loads: Vec<(&'static str, u32)> = self
             .sensor
             .program_loads()
@@ -106,6 +108,16 @@ impl Agent {
         self.metrics.set_capabilities(&self.capabilities());
         for blind in self.blind() {
             tracing::warn!("running without {}: {}", blind.capability, blind.why);
+        }
+        self.note_coverage(now_ms());
+    }
+
+    /// Tells the ledger whether requests are seen now, so that a report on a period
+    /// without request heads says so rather than "no requests" (written only on change).
+    fn note_coverage(&mut self, now: u64) {
+        let coverage = Coverage::from_blind(&self.blind());
+        if let Err(e) = self.ledger.note_coverage(now, coverage) {
+            tracing::warn!("{e}");
         }
     }
 
