@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use homeserver_sensor::{
     agent::{self, RunOptions, Targets},
     config::{Config, ConfigError, check},
@@ -75,7 +75,18 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let result = match Cli::parse().command {
+    // `--version` names the embedded kernel object too: the verifier's work depends on the
+    // compiler and linker that built it as much as on the kernel.
+    let long_version = format!(
+        "{}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        homeserver_sensor::load::ObjectBuild::embedded()
+    );
+    // Built once for the life of the process (clap takes a `&'static str`).
+    let long_version: &'static str = Box::leak(long_version.into_boxed_str());
+    let cli = Cli::from_arg_matches(&Cli::command().long_version(long_version).get_matches())
+        .unwrap_or_else(|e| e.exit());
+    let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
         Command::Report(args) => report(&args),
