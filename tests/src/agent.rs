@@ -1,6 +1,7 @@
 //! The agent, run in-process by a test, and reading what it wrote.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     path::{Path, PathBuf},
     thread::JoinHandle,
@@ -182,6 +183,14 @@ impl Agent {
         }
     }
 
+    /// Waits until the connection of each of `clients` (the client's own address: the
+    /// agent's peer) has its record with `closed: true`, the kernel's TCP_CLOSE as the agent
+    /// saw it; returns the records. Everything the agent wrote about those connections before
+    /// (their requests, the alerts they raised) is then written too.
+    pub fn wait_for_closed(&mut self, clients: &[SocketAddr], timeout: Duration) -> Vec<Value> {
+        self.wait_for(timeout, |records| all_closed(records, clients))
+    }
+
     /// Stops the agent (like SIGTERM) and returns every record it wrote.
     pub fn stop(mut self) -> Vec<Value> {
         if let Some(tx) = self.stop.take() {
@@ -260,6 +269,42 @@ pub fn read_records(path: &Path) -> Vec<Value> {
         .filter(|l| l.ends_with('}'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
+}
+
+/// Polls the records in `events` (an agent run as its own process) until `pred` holds;
+/// panics with the records after `timeout`.
+pub fn wait_for_records(
+    events: &Path,
+    timeout: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let records = read_records(events);
+        if pred(&records) {
+            return records;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting on {}; records: {records:#?}",
+            events.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether the connection of every one of `clients` (the client's own address) has its
+/// record with `closed: true` among `records`.
+pub fn all_closed(records: &[Value], clients: &[SocketAddr]) -> bool {
+    let closed: HashSet<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "connection" && r["closed"] == true)
+        .filter_map(|r| r["peer"].as_str())
+        .collect();
+    clients.iter().all(|c| {
+        let peer = SocketAddr::new(c.ip().to_canonical(), c.port()).to_string();
+        closed.contains(peer.as_str())
+    })
 }
 
 /// The connection records whose peer is this client address.

@@ -19,7 +19,8 @@ mod process;
 mod scenario;
 
 pub use agent::{
-    Agent, agent_start_error, agent_start_error_with, connection_of, read_records, sensor_record,
+    Agent, agent_start_error, agent_start_error_with, all_closed, connection_of, read_records,
+    sensor_record, wait_for_records,
 };
 pub use cgroup::{Cgroup, cgroup_program_count, cgroup_program_ids, detach_link_of};
 pub use client::{Client, synapse_token, test_server_response_len};
