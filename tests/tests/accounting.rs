@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use homeserver_sensor::{agent::Targets, config::Config};
 use homeserver_sensor_tests::{
     Agent, Cgroup, Client, Server, TempDir, agent_start_error, agent_start_error_with,
-    connection_of, kernel, require_root, sensor_record, settle,
+    connection_of, kernel, require_root, sensor_record,
 };
 use serde_json::Value;
 
@@ -19,7 +19,9 @@ struct Traffic {
     open: Client,
 }
 
-fn drive(v4: SocketAddr, v6: SocketAddr) -> Traffic {
+/// Drives the traffic, then waits for the agent's record of each closed connection (its end
+/// is the kernel's TCP_CLOSE, on the peer's last ACK, after the client returns).
+fn drive(agent: &mut Agent, v4: SocketAddr, v6: SocketAddr) -> Traffic {
     let mut closed = Vec::new();
     let mut done = |c: &Client| closed.push((c.local(), c.sent, c.received, c.responses));
 
@@ -74,7 +76,8 @@ fn drive(v4: SocketAddr, v6: SocketAddr) -> Traffic {
     open.request("GET", "/bytes/4096", b"", false);
     open.request("POST", "/upload", b"still open", false);
 
-    settle();
+    let clients: Vec<SocketAddr> = closed.iter().map(|c| c.0).collect();
+    agent.wait_for_closed(&clients, Duration::from_secs(60));
     Traffic { closed, open }
 }
 
@@ -117,8 +120,8 @@ fn cgroup_mechanism_counts_exact_bytes() {
     let cgroup = Cgroup::new("cg");
     let server = Server::start(&["127.0.0.1:0", "[::1]:0"], Some(&cgroup));
     // Watching the PID: the agent finds that its cgroup holds nothing else.
-    let agent = Agent::for_pid(server.pid(), Config::default());
-    let traffic = drive(server.addrs[0], server.addrs[1]);
+    let mut agent = Agent::for_pid(server.pid(), Config::default());
+    let traffic = drive(&mut agent, server.addrs[0], server.addrs[1]);
     let records = agent.stop();
 
     let start = sensor_record(&records, "start");
@@ -179,8 +182,8 @@ fn tracepoint_mechanism_counts_exact_bytes_and_calls() {
         return;
     }
     // Bytes only: request heads are read by the cgroup programs alone.
-    let agent = Agent::for_pid(server.pid(), kernel::heads_optional(Config::default()));
-    let traffic = drive(server.addrs[0], server.addrs[1]);
+    let mut agent = Agent::for_pid(server.pid(), kernel::heads_optional(Config::default()));
+    let traffic = drive(&mut agent, server.addrs[0], server.addrs[1]);
     let records = agent.stop();
 
     let start = sensor_record(&records, "start");
@@ -254,8 +257,8 @@ fn call_counts_in_cgroup_mode() {
         refuses_opt_in("accounting.call_counts", config, server.pid());
         return;
     }
-    let agent = Agent::for_cgroup(&cgroup, config);
-    let traffic = drive(server.addrs[0], server.addrs[1]);
+    let mut agent = Agent::for_cgroup(&cgroup, config);
+    let traffic = drive(&mut agent, server.addrs[0], server.addrs[1]);
     let records = agent.stop();
     assert_exact(&records, &traffic, server.pid(), "cgroup");
     for (client, _, _, responses) in &traffic.closed {
@@ -280,17 +283,19 @@ fn syscall_counts_and_file_bytes() {
         refuses_opt_in("accounting.syscalls", config, server.pid());
         return;
     }
-    let agent = Agent::for_pid(server.pid(), config);
+    let mut agent = Agent::for_pid(server.pid(), config);
     let fetches = 3;
     let mut total_sent = 0;
+    let mut clients = Vec::new();
     for _ in 0..fetches {
         let mut c = Client::connect(server.addrs[0]);
         let got = c.request("GET", &format!("/file{}", file.display()), b"", true);
         assert_eq!(got, size as u64);
         c.finish_reading();
         total_sent += c.received;
+        clients.push(c.local());
     }
-    settle();
+    agent.wait_for_closed(&clients, Duration::from_secs(60));
     let records = agent.stop();
     let p = records
         .iter()
@@ -328,14 +333,16 @@ fn unwatched_processes_produce_nothing() {
     let watched = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let other_cgroup = Cgroup::new("other");
     let other = Server::start(&["127.0.0.1:0"], Some(&other_cgroup));
-    let agent = Agent::for_pid(watched.pid(), Config::default());
+    let mut agent = Agent::for_pid(watched.pid(), Config::default());
     let mut a = Client::connect(other.addrs[0]);
     a.request("GET", "/bytes/100000", b"", true);
     a.finish_reading();
     let mut b = Client::connect(watched.addrs[0]);
     b.request("GET", "/bytes/100", b"", true);
     b.finish_reading();
-    settle();
+    // The watched connection's end, after the unwatched one's: had the agent counted the
+    // unwatched one, its record would be written by then.
+    agent.wait_for_closed(&[b.local()], Duration::from_secs(60));
     let records = agent.stop();
     assert!(
         connection_of(&records, a.local()).is_empty(),
@@ -372,6 +379,4 @@ fn stop_detaches_everything() {
     let fd = std::fs::File::open(&cgroup.abs).expect("open cgroup");
     let attached = homeserver_sensor_tests::cgroup_program_count(&fd);
     assert_eq!(attached, 0, "programs still attached to {}", cgroup.rel);
-    drop(server);
-    std::thread::sleep(Duration::from_millis(50));
 }
