@@ -3,13 +3,13 @@
 
 use std::{
     io::Read,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant, SystemTime},
 };
 
 use homeserver_sensor::config::Config;
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, Server, kernel, require_root, sensor_record, settle, synapse_token,
+    Agent, Cgroup, Client, Server, kernel, require_root, sensor_record, synapse_token,
 };
 use serde_json::Value;
 
@@ -22,6 +22,16 @@ fn config() -> Config {
 
 fn alerts(records: &[Value]) -> Vec<&Value> {
     records.iter().filter(|r| r["kind"] == "alert").collect()
+}
+
+/// Waits until the agent has read everything the kernel reported before now: a new
+/// connection to `server` makes one request and closes, and its record comes after every
+/// event the kernel sent before it (one ring buffer, read in order).
+fn caught_up(agent: &mut Agent, server: SocketAddr) {
+    let mut c = Client::connect(server);
+    c.request("GET", "/bytes/1", b"", true);
+    c.finish_reading();
+    agent.wait_for_closed(&[c.local()], Duration::from_secs(60));
 }
 
 fn rfc3339_to_system(ts: &str) -> SystemTime {
@@ -79,7 +89,6 @@ fn single_transfer_alert_arrives_while_the_download_runs() {
     eprintln!(
         "single_transfer: alert read by the client {latency:?} after it received the 8 MiB threshold, with {bytes_when_seen} of {size} bytes received"
     );
-    settle();
     let records = agent.stop();
     let a = alerts(&records)
         .into_iter()
@@ -112,7 +121,7 @@ fn ordinary_use_raises_no_alert() {
     require_root();
     let cgroup = Cgroup::new("benign");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
-    let agent = Agent::for_cgroup(&cgroup, config());
+    let mut agent = Agent::for_cgroup(&cgroup, config());
     let users = [
         ("alice", "127.0.0.21"),
         ("bob", "127.0.0.22"),
@@ -122,6 +131,7 @@ fn ordinary_use_raises_no_alert() {
     // and fetches a few media files, as a chat client does.
     let start = Instant::now();
     let mut round = 0;
+    let mut clients = Vec::new();
     while start.elapsed() < Duration::from_secs(20) {
         for (name, ip) in users {
             let token = synapse_token(name, "BenignBenignBenignBe");
@@ -161,11 +171,14 @@ fn ordinary_use_raises_no_alert() {
                 );
             }
             c.finish_reading();
+            clients.push(c.local());
         }
         round += 1;
+        // The users' pace (part of the traffic, not a wait).
         std::thread::sleep(Duration::from_millis(200));
     }
-    settle();
+    // Every connection's end, and so every request and alert of it.
+    agent.wait_for_closed(&clients, Duration::from_secs(60));
     let records = agent.stop();
     assert!(alerts(&records).is_empty(), "{:#?}", alerts(&records));
     if !kernel::request_heads(sensor_record(&records, "start")) {
@@ -209,7 +222,7 @@ fn reload_applies_live_keys_and_keeps_state() {
         client.read_response();
     };
     download(&mut client);
-    settle();
+    caught_up(&mut agent, server.addrs[0]);
     assert!(
         alerts(&agent.records()).is_empty(),
         "16 MiB is under the 512 MiB threshold"
@@ -246,7 +259,7 @@ fn reload_applies_live_keys_and_keeps_state() {
     download(&mut second);
     second.finish_reading();
     client.finish_reading();
-    settle();
+    agent.wait_for_closed(&[second.local(), client.local()], Duration::from_secs(60));
     let records = agent.stop();
     let transfer_alerts: Vec<_> = alerts(&records)
         .into_iter()
@@ -309,7 +322,7 @@ fn a_detached_program_is_an_alert_and_is_attached_again() {
     let mut c = Client::connect(server.addrs[0]);
     c.request("GET", "/bytes/100000", b"", true);
     c.finish_reading();
-    settle();
+    agent.wait_for_closed(&[c.local()], Duration::from_secs(60));
     let records = agent.stop();
     let found = homeserver_sensor_tests::connection_of(&records, c.local());
     assert_eq!(found.len(), 1, "{found:#?}");
@@ -341,6 +354,7 @@ fn single_transfer_in_tracepoint_mode() {
         let n = client.stream.read(&mut buf).expect("read");
         assert!(n > 0, "server closed early");
         got += n as u64;
+        // Read slowly (part of the traffic): the transfer lasts while the alert is looked for.
         std::thread::sleep(Duration::from_micros(300));
         if seen_with.is_none()
             && agent
