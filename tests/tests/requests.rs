@@ -7,8 +7,8 @@ use std::{net::IpAddr, time::Duration};
 
 use homeserver_sensor::config::{Config, RequestHeads};
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, Nginx, Server, kernel, require_root, sensor_record, settle,
-    synapse_token, test_server_response_len,
+    Agent, Cgroup, Client, Nginx, Server, kernel, require_root, sensor_record, synapse_token,
+    test_server_response_len,
 };
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ fn proxied_requests_name_the_client_the_token_and_the_user() {
     let cgroup = Cgroup::new("proxied");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
     let nginx = Nginx::start(server.addrs[0]);
-    let agent = Agent::for_cgroup(&cgroup, config());
+    let mut agent = Agent::for_cgroup(&cgroup, config());
     let alice = synapse_token("alice", "qWkcnDhFoCFbYgMTpbRk");
     let bob = synapse_token("bob.smith", "ZZkcnDhFoCFbYgMTpbRk");
 
@@ -88,7 +88,11 @@ fn proxied_requests_name_the_client_the_token_and_the_user() {
         "/_matrix/client/v3/sync?full_state=true&bytes=10",
         "X-Forwarded-For: 203.0.113.66\r\n",
     );
-    settle();
+    // nginx reaches the server on a new connection per request (its address is nginx's
+    // choice): each request's record is written when that connection closes.
+    agent.wait_for(Duration::from_secs(60), |records| {
+        requests(records).len() >= 5
+    });
     let records = agent.stop();
 
     let m = request(&records, "/_matrix/client/v3/rooms/");
@@ -167,7 +171,7 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
     require_root();
     let cgroup = Cgroup::new("direct");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
-    let agent = Agent::for_cgroup(&cgroup, config());
+    let mut agent = Agent::for_cgroup(&cgroup, config());
     if !kernel::request_heads(&agent.start_record()) {
         return;
     }
@@ -202,7 +206,8 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
     let head = "GET /_matrix/client/v3/publicRooms?bytes=5 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.66\r\n\r\n".to_string();
     let (s, r) = exchange(&mut c, head, b"");
     expected.push(("/_matrix/client/v3/publicRooms".to_string(), s, r));
-    // A head sent in three pieces, with pauses: several segments, one head.
+    // A head sent in three pieces, with pauses (part of the traffic: each piece its own
+    // segment): several segments, one head.
     let (s0, r0) = (c.sent, c.received);
     c.stream.set_nodelay(true).unwrap();
     c.send(b"GET /_matrix/client/v3/user_directory/search?bytes=321 HTTP/1.1\r\n");
@@ -226,6 +231,7 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
         format!("PUT /_matrix/client/v3/rooms/%21split%3Atest.example/send/m.room.message/t1?bytes=12 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nAuthorization: Bearer {token}\r\n\r", body.len())
             .as_bytes(),
     );
+    // The pause makes it two segments (part of the traffic).
     std::thread::sleep(Duration::from_millis(50));
     c.send(&[b"\n".as_slice(), &body].concat());
     c.read_response();
@@ -248,7 +254,8 @@ fn direct_keepalive_client_gets_exact_bytes_per_request() {
         c.sent - s0,
         c.received - r0,
     ));
-    settle();
+    // Its end, and so the record of its last request.
+    agent.wait_for_closed(&[c.local()], Duration::from_secs(60));
     let records = agent.stop();
 
     assert_eq!(requests(&records).len(), expected.len(), "{records:#?}");
@@ -288,7 +295,7 @@ fn heads_that_cannot_be_parsed_are_counted_and_explained() {
     require_root();
     let cgroup = Cgroup::new("bad");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
-    let agent = Agent::for_cgroup(&cgroup, config());
+    let mut agent = Agent::for_cgroup(&cgroup, config());
     if !kernel::request_heads(&agent.start_record()) {
         return;
     }
@@ -304,7 +311,7 @@ fn heads_that_cannot_be_parsed_are_counted_and_explained() {
     c.send(b"GET /_matrix/client/v3/sync?bytes=4 HTTP/1.1\r\nno colon here\r\n\r\n");
     c.read_response();
     c.finish_reading();
-    settle();
+    agent.wait_for_closed(&[c.local()], Duration::from_secs(60));
     let records = agent.stop();
     let heads: Vec<&str> = requests(&records)
         .iter()
@@ -327,7 +334,9 @@ fn heads_that_cannot_be_parsed_are_counted_and_explained() {
 fn raw_tokens_never_leave_the_agent() {
     use std::process::{Command, Stdio};
 
-    use homeserver_sensor_tests::{TempDir, read_records, sibling_binary};
+    use homeserver_sensor_tests::{
+        TempDir, all_closed, read_records, sibling_binary, wait_for_records,
+    };
     require_root();
     let cgroup = Cgroup::new("leak");
     let server = Server::start(&["127.0.0.1:0"], Some(&cgroup));
@@ -346,21 +355,21 @@ fn raw_tokens_never_leave_the_agent() {
     .unwrap();
     homeserver_sensor::identity::FingerprintKey::create(&dir.path.join("state/fingerprint.key"))
         .expect("create the key file");
+    // Stopped with SIGTERM once its records are written; `--duration` only bounds its life
+    // should the test fail before that.
     let mut child = Command::new(sibling_binary("homeserver-sensor"))
         .args(["run", "-c"])
         .arg(&config)
-        .args(["--cgroup", &cgroup.rel, "--duration", "4", "--events"])
+        .args(["--cgroup", &cgroup.rel, "--duration", "120", "--events"])
         .arg(&events)
         .env("HOMESERVER_SENSOR_LOG", "trace")
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("start sensor");
-    for _ in 0..500 {
-        if read_records(&events).iter().any(|r| r["phase"] == "start") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_records(&events, Duration::from_secs(30), |records| {
+        records.iter().any(|r| r["phase"] == "start")
+    });
+    let mut clients = Vec::new();
     let tokens = [
         synapse_token("eve", "LeakLeakLeakLeakLeak"),
         "mat_SecretMasTokenValue12345".to_string(),
@@ -386,7 +395,14 @@ fn raw_tokens_never_leave_the_agent() {
         c.send(format!("GET /x?access_token={t} HTTP/1.1\r\nbroken header {t}\r\n\r\n").as_bytes());
         c.read_response();
         c.finish_reading();
+        clients.push(c.local());
     }
+    // Every connection's end, and so the records of all its requests.
+    wait_for_records(&events, Duration::from_secs(60), |records| {
+        all_closed(records, &clients)
+    });
+    // SAFETY: a signal to our own child, which has not been waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().expect("sensor");
     assert!(status.success());
     let mut written = std::fs::read(&events).unwrap();
@@ -498,22 +514,38 @@ fn metrics_are_served() {
         true,
     );
     c.finish_reading();
-    let records = agent.wait_for(Duration::from_secs(10), |r| {
+    let records = agent.wait_for(Duration::from_secs(60), |r| {
         r.iter().filter(|r| r["kind"] == "request").count() == 2
     });
-    // Housekeeping (gauges, drops) runs every second.
-    std::thread::sleep(Duration::from_millis(1200));
     let addr = records
         .iter()
         .find(|r| r["phase"] == "start")
         .and_then(|r| r["metrics"].as_str())
         .expect("the start record names the metrics address")
         .to_string();
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    // Housekeeping (gauges, drops, program statistics) runs every second: wait for the run
+    // that has seen both heads, whose count only it copies into the metrics.
+    let parsed = "homeserver_sensor_request_heads_total{outcome=\"parsed\"} 2\n";
+    let start = std::time::Instant::now();
+    let text = loop {
+        let text = scrape();
+        if text.contains(parsed) {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no housekeeping has seen both heads: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let value = |prefix: &str| -> f64 {
         text.lines()
