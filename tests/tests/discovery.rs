@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use homeserver_sensor::{agent::Targets, config::Config};
 use homeserver_sensor_tests::{
-    Agent, Cgroup, Client, FakeSynapse, Server, connection_of, require_root, settle, synapse_token,
+    Agent, Cgroup, Client, FakeSynapse, Server, connection_of, require_root, synapse_token,
 };
 use serde_json::Value;
 
@@ -55,7 +55,8 @@ fn new_synapse_workers_are_watched_within_a_second_and_dropped_when_gone() {
     c.send(format!("GET /bytes/7 HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes());
     c.read_response();
     c.finish_reading();
-    settle();
+    // Its end (and so its last request's record) before the worker goes.
+    agent.wait_for_closed(&[c.local()], Duration::from_secs(60));
 
     let pid = worker.pid();
     drop(worker);
