@@ -12,14 +12,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     process::Command,
+    time::Duration,
 };
 
 use homeserver_sensor::config::Config;
 use homeserver_sensor_tests::{
     Agent, Cgroup, Exchange, Homeserver, HomeserverOptions, Role, TempDir, require_root,
-    scrape_with, settle, sibling_binary,
+    scrape_with, sibling_binary,
 };
 use serde_json::Value;
 
@@ -63,6 +64,14 @@ fn section(report: &Value, name: &str) -> BTreeMap<String, Totals> {
         .collect()
 }
 
+/// The scraper's connections (its own addresses) that `exchanges` went over.
+fn connections(exchanges: &[Exchange]) -> Vec<SocketAddr> {
+    let mut locals: Vec<SocketAddr> = exchanges.iter().map(|e| e.local).collect();
+    locals.sort();
+    locals.dedup();
+    locals
+}
+
 fn requests_of(records: &[Value]) -> Vec<&Value> {
     records
         .iter()
@@ -88,16 +97,26 @@ fn report_lists_exactly_what_the_scraper_reached_across_an_agent_restart() {
 
     let mut agent = Some(Agent::for_cgroup(&cgroup, config.clone()));
     let mut before = Vec::new();
+    // How many exchanges the first run saw.
+    let mut gap = 0;
     let report = scrape_with(hs.synapse_addr, &scraper, from, DIRECTORY_PAGE, |session| {
         // No connection stays open across the gap: the scraper reconnects afterwards, as
         // any client does when its server restarts.
         session.close();
-        settle();
-        before = agent.take().expect("first agent").stop();
+        gap = session.exchanges.len();
+        let mut first = agent.take().expect("first agent");
+        // Every connection's end, and so the records of all its requests.
+        first.wait_for_closed(&connections(&session.exchanges), Duration::from_secs(60));
+        before = first.stop();
         agent = Some(Agent::for_cgroup(&cgroup, config.clone()));
     });
-    settle();
-    let after = agent.take().expect("second agent").stop();
+    // The scrape closed its last connection: wait for the records of those after the gap.
+    let mut second = agent.take().expect("second agent");
+    second.wait_for_closed(
+        &connections(&report.exchanges[gap..]),
+        Duration::from_secs(60),
+    );
+    let after = second.stop();
 
     // Both runs saw part of the scrape, and together all of it.
     let (n_before, n_after) = (requests_of(&before).len(), requests_of(&after).len());
