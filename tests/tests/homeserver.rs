@@ -241,7 +241,15 @@ fn seeded_homeserver_serves_its_rooms_and_media_and_logs_the_client() {
     assert!(pids.contains(&hs.synapse_pid()) && pids.contains(&hs.nginx_pid()));
     let dir = hs.dir.clone();
     drop(hs);
-    std::thread::sleep(Duration::from_millis(100));
+    // Each is killed on drop; wait for the kernel to have removed them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids
+        .iter()
+        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
