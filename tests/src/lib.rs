@@ -7,7 +7,6 @@
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
 };
 
 mod agent;
@@ -69,10 +68,4 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
-}
-
-/// Waits until the kernel has finished closing the connections the test closed (their
-/// TCP_CLOSE state change happens on the peer's last ACK, after the client returns).
-pub fn settle() {
-    std::thread::sleep(Duration::from_millis(300));
 }
