@@ -140,7 +140,7 @@ impl Agent {
     fn send_reload(&mut self, reload: Result<Config, String>) -> Value {
         let before = self.reload_records().len();
         self.reload.send(reload).expect("the agent is running");
-        self.wait_for(Duration::from_secs(10), |records| {
+        self.wait_for(Duration::from_secs(30), |records| {
             records
                 .iter()
                 .filter(|r| r["kind"] == "sensor" && r["phase"] == "reload")

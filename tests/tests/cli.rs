@@ -10,7 +10,7 @@ use std::{
 use homeserver_sensor::identity::FingerprintKey;
 use homeserver_sensor_tests::{
     Cgroup, Client, FakeSynapse, Server, TempDir, cgroup_program_count, read_records, require_root,
-    sibling_binary,
+    sibling_binary, wait_for_records,
 };
 
 fn sensor() -> Command {
@@ -138,17 +138,13 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
     let config = dir.path.join("config.toml");
     let original = std::fs::read_to_string(&config).unwrap();
     let reloads = |n: usize| {
-        for _ in 0..500 {
-            let found: Vec<_> = read_records(&events)
-                .into_iter()
-                .filter(|r| r["phase"] == "reload")
-                .collect();
-            if found.len() >= n {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no reload record {n}");
+        let records = wait_for_records(&events, Duration::from_secs(30), |records| {
+            records.iter().filter(|r| r["phase"] == "reload").count() >= n
+        });
+        records
+            .into_iter()
+            .filter(|r| r["phase"] == "reload")
+            .collect::<Vec<_>>()
     };
     std::fs::write(
         &config,
@@ -588,7 +584,7 @@ fn run_with_nothing_to_watch_says_what_discovery_looks_for() {
     let cgroup = Cgroup::new("found");
     let worker = FakeSynapse::start("generic_worker", Some(&cgroup));
     let found = format!("discovery found Synapse: watching PIDs [{}]", worker.pid());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap();
         if text.contains(&found) || Instant::now() > deadline {
@@ -629,11 +625,7 @@ fn signal(child: &std::process::Child, sig: i32) {
 }
 
 fn wait_for_start(events: &std::path::Path) {
-    for _ in 0..500 {
-        if read_records(events).iter().any(|r| r["phase"] == "start") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the sensor did not start");
+    wait_for_records(events, Duration::from_secs(30), |records| {
+        records.iter().any(|r| r["phase"] == "start")
+    });
 }

@@ -241,7 +241,7 @@ fn reload_applies_live_keys_and_keeps_state() {
 
     // The same connection, opened before the reload, under the new threshold.
     download(&mut client);
-    agent.wait_for(Duration::from_secs(5), |records| {
+    agent.wait_for(Duration::from_secs(30), |records| {
         records
             .iter()
             .any(|r| r["kind"] == "alert" && r["rule"] == "single_transfer")
@@ -292,7 +292,7 @@ fn a_detached_program_is_an_alert_and_is_attached_again() {
     assert_eq!(ids.len(), 3, "{ids:?}");
     // The egress program: ids are ingress, egress, sock_ops.
     homeserver_sensor_tests::detach_link_of(ids[1]);
-    let records = agent.wait_for(Duration::from_secs(5), |records| {
+    let records = agent.wait_for(Duration::from_secs(30), |records| {
         records.iter().any(|r| {
             r["kind"] == "alert"
                 && r["rule"] == "sensor_health"
