@@ -260,7 +260,15 @@ fn find_head_end(event: &mut HeadEvent, n: usize, window: u32) -> Option<usize> 
     // SAFETY: a field of the scratch entry, which `scan_step` may have written through
     // the pointer it was given (volatile: the compiler does not see that write).
     let end = unsafe { core::ptr::read_volatile(&raw const event.len) } as usize;
-    (end != 0 && end <= n).then_some(end)
+    if end == 0 || end > n {
+        return None;
+    }
+    // `end <= n` bounds `end` for the compiler, not for every verifier: 6.1's learns
+    // nothing from comparing two registers, and would take `end` as any u32 in what
+    // follows ("R1 max value is outside of the allowed memory range"). A comparison with
+    // the constant says it, once the compiler can no longer see that it is redundant.
+    let end = core::hint::black_box(end);
+    (end <= HEAD_CAPTURE).then_some(end)
 }
 
 /// The last four bytes of the head so far: `window` shifted by `data[..n]`.
