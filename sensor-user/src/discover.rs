@@ -1,10 +1,11 @@
 //! Discover: which processes to watch, which cgroup they live in, and which process owns a
 //! socket.
 //!
-//! This is the first stage of the agent's data flow. It reads only procfs and the cgroup v2
-//! filesystem, never the network or the kernel programs, and every function takes the proc
-//! root (normally `/proc`) and/or the cgroup v2 mount as a parameter, so the unit tests build
-//! fake trees in a temporary directory.
+//! This is the first stage of the agent's data flow. It reads only procfs, the cgroup v2
+//! filesystem and the watched Synapse's own configuration files, never the network or the
+//! kernel programs, and every function takes the proc root (normally `/proc`), the cgroup v2
+//! mount or the configuration paths as a parameter, so the unit tests build fake trees in a
+//! temporary directory.
 //!
 //! - [`classify_cmdline`], [`find_synapse`], [`describe_pid`], [`process_exists`]: Synapse
 //!   processes are recognised by their command line only (every thread's `comm` is
@@ -15,6 +16,9 @@
 //! - [`SocketOwners`]: the kernel reports accepted connections without a PID (they become
 //!   established in softirq context); the agent resolves the owner from `/proc/PID/fd` and
 //!   `/proc/PID/net/tcp{,6}`.
+//! - [`synapse_config`]: what Synapse's configuration (its `-c` paths, see [`config_paths`])
+//!   says of its `server_name` and of its listeners, some of which the sensor cannot see
+//!   (a UNIX socket, Synapse's own TLS).
 
 use std::{io, path::PathBuf};
 
@@ -22,6 +26,7 @@ mod cgroup;
 mod cmdline;
 mod procfs;
 mod sockets;
+pub mod synapse_config;
 #[cfg(test)]
 mod testutil;
 

@@ -8,10 +8,10 @@
 //! through [`redact_target`] first.
 //!
 //! Synapse access tokens (`syt_<unpadded base64 of the localpart>_<random>_<crc>`) name
-//! their user; [`user_from_token`] reads it, and [`server_name_from_synapse_config`] finds
-//! the `server_name` to complete the user ID.
+//! their user; [`user_from_token`] reads it, completed with the `server_name` that
+//! discovery reads from Synapse's configuration ([`crate::discover::synapse_config`]) or
+//! the operator sets.
 
-mod config;
 mod fingerprint;
 mod query;
 mod redact;
@@ -25,7 +25,6 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use config::server_name_from_synapse_config;
 pub use fingerprint::{Fingerprint, FingerprintKey, KeyCheck};
 pub use redact::redact_target;
 pub use synapse_token::{localpart_from_token, user_from_token};
@@ -81,18 +80,6 @@ pub enum IdentityError {
     KeySize { path: PathBuf, size: u64 },
     #[error("cannot draw random bytes for a new fingerprint key: {0}")]
     Random(getrandom::Error),
-    #[error("cannot read Synapse config {}: {cause}", path.display())]
-    ConfigIo {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
-    #[error("Synapse config {} is not valid YAML: {cause}", path.display())]
-    ConfigYaml {
-        path: PathBuf,
-        cause: serde_yaml_ng::Error,
-    },
-    #[error("Synapse config {}: server_name must be a string", path.display())]
-    ServerNameNotString { path: PathBuf },
     #[error("not a token fingerprint: expected \"tfp_\" followed by 16 hex digits")]
     BadFingerprint,
 }

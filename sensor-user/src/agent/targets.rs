@@ -10,7 +10,7 @@ use sensor_common::watch;
 
 use super::{Agent, AgentError, RunOptions, Watched};
 use crate::{
-    discover, identity,
+    discover::{self, synapse_config},
     plan::{self, Decision, Group},
 };
 
@@ -169,7 +169,7 @@ impl Agent {
         {
             return;
         }
-        match identity::server_name_from_synapse_config(&configs) {
+        match synapse_config::server_name(&configs) {
             Ok(Some(name)) => {
                 tracing::info!("server_name {name} (from {configs:?})");
                 self.attribution.server_name = Some(name);

@@ -1,4 +1,3 @@
-mod config;
 mod fingerprint;
 mod redact;
 mod synapse_token;
