@@ -151,6 +151,9 @@ struct Agent {
     clock: KernelClock,
     /// `-c`/`--config-path` of the first watched Synapse process, for its `server_name`.
     synapse_config: Vec<PathBuf>,
+    /// The listeners that configuration declares (`Agent::unseen_listeners` names those the
+    /// sensor cannot see).
+    synapse_listeners: Vec<discover::synapse_config::Listener>,
     cgroup_mount: PathBuf,
     watched: BTreeMap<String, Watched>,
     /// Processes watched by the tracepoint mechanism now.
@@ -298,6 +301,7 @@ pub async fn run_reloadable(
         attribution,
         clock,
         synapse_config: Vec::new(),
+        synapse_listeners: Vec::new(),
         opts,
         sensor,
         out,

@@ -244,7 +244,7 @@ impl Metrics {
             "capability",
             "1 when the sensor has this capability for every process it watches, 0 when it \
              runs without it (request_heads, socket_tracepoints, syscall_tracepoints, \
-             every_homeserver_watched)",
+             every_homeserver_watched, every_listener_visible)",
             capabilities.clone(),
         );
         let verified_instructions = Family::<ProgramLabels, Gauge<u64, AtomicU64>>::default();

@@ -1,6 +1,7 @@
 //! The sensor's own health, once a second: what it lost, what someone detached, which
 //! watched processes went away, and what it cannot see (request heads it runs without, a
-//! homeserver it cannot watch as asked); `sensor_health` alerts and the metrics that say so.
+//! homeserver it cannot watch as asked, a listener of Synapse's it cannot read);
+//! `sensor_health` alerts and the metrics that say so.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -8,7 +9,10 @@ use super::{Agent, AgentError, now_ms};
 use crate::{
     config::RequestHeads,
     detect::{Blind, Health, Severity},
-    discover,
+    discover::{
+        self,
+        synapse_config::{Bind, Listener},
+    },
     ledger::Coverage,
     plan::Decision,
 };
@@ -157,7 +161,16 @@ impl Agent {
                 why: why.clone(),
             });
         }
+        blind.extend(self.unseen_listeners());
         blind
+    }
+
+    /// The listeners of the watched Synapse's configuration that the sensor cannot read.
+    pub(super) fn unseen_listeners(&self) -> Vec<Blind> {
+        self.synapse_listeners
+            .iter()
+            .filter_map(unseen_listener)
+            .collect()
     }
 
     /// Each capability, 1 when the sensor has it for everything it watches, 0 when not:
@@ -176,6 +189,162 @@ impl Agent {
             ("socket_tracepoints", features.sock_tracepoints.is_ok()),
             ("syscall_tracepoints", features.syscall_tracepoints.is_ok()),
             ("every_homeserver_watched", self.unwatchable.is_empty()),
+            ("every_listener_visible", self.unseen_listeners().is_empty()),
         ]
+    }
+}
+
+/// What the sensor misses of an HTTP listener of Synapse's, if anything: everything on a
+/// UNIX socket (its programs see TCP connections only), the request heads under Synapse's
+/// own TLS (bytes only). A socket serving clients or media is critical: that is where a
+/// scrape goes.
+fn unseen_listener(listener: &Listener) -> Option<Blind> {
+    if !matches!(listener.kind.as_str(), "http" | "replication") {
+        return None;
+    }
+    let what = if listener.resources.is_empty() {
+        format!("{} requests", listener.kind)
+    } else {
+        let plural = if listener.resources.len() > 1 {
+            "s"
+        } else {
+            ""
+        };
+        format!("the {} resource{plural}", listener.resources.join(", "))
+    };
+    const PLAIN: &str = "have the reverse proxy (workers: their `instance_map` entry) reach \
+                         Synapse over plain HTTP on a loopback TCP listener (`port: 8008`, \
+                         `tls: false`, `bind_addresses: ['127.0.0.1']`), TLS terminated in the \
+                         proxy";
+    match &listener.bind {
+        Bind::Unix { path } => Some(Blind {
+            capability: format!("listener:unix:{}", path.display()),
+            severity: if listener.serves("client") || listener.serves("media") {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            why: format!(
+                "Synapse serves {what} on the UNIX socket {}, which the sensor cannot watch \
+                 (its programs see TCP connections only): no bytes, requests, endpoints, \
+                 tokens, users or client addresses are seen there and no rule can fire on \
+                 them; {PLAIN} instead of the socket",
+                path.display()
+            ),
+        }),
+        Bind::Tcp { port } if listener.tls => Some(Blind {
+            capability: format!("listener:tls:{port}"),
+            severity: Severity::Warning,
+            why: format!(
+                "Synapse serves {what} with its own TLS on port {port}: the sensor counts \
+                 the bytes of those connections but their request heads are encrypted, so no \
+                 request, endpoint, token, user or client address is seen there; {PLAIN}"
+            ),
+        }),
+        Bind::Tcp { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unseen_listener;
+    use crate::detect::Severity;
+    use crate::discover::synapse_config::{Bind, Listener};
+
+    fn listener(bind: Bind, tls: bool, kind: &str, resources: &[&str]) -> Listener {
+        Listener {
+            bind,
+            tls,
+            kind: kind.into(),
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn unix(path: &str) -> Bind {
+        Bind::Unix { path: path.into() }
+    }
+
+    #[test]
+    fn what_the_sensor_cannot_see_of_each_listener() {
+        let sock = "/run/synapse/main.sock";
+        let cases = [
+            // (listener, capability and severity, or None)
+            (
+                listener(unix(sock), false, "http", &["client", "federation"]),
+                Some(("listener:unix:/run/synapse/main.sock", Severity::Critical)),
+            ),
+            (
+                listener(unix("/run/m.sock"), false, "http", &["media"]),
+                Some(("listener:unix:/run/m.sock", Severity::Critical)),
+            ),
+            (
+                listener(unix("/run/r.sock"), false, "http", &["replication"]),
+                Some(("listener:unix:/run/r.sock", Severity::Warning)),
+            ),
+            (
+                listener(unix("/run/old.sock"), false, "replication", &[]),
+                Some(("listener:unix:/run/old.sock", Severity::Warning)),
+            ),
+            (
+                listener(
+                    Bind::Tcp { port: 8448 },
+                    true,
+                    "http",
+                    &["client", "federation"],
+                ),
+                Some(("listener:tls:8448", Severity::Warning)),
+            ),
+            (
+                listener(
+                    Bind::Tcp { port: 8008 },
+                    false,
+                    "http",
+                    &["client", "federation"],
+                ),
+                None,
+            ),
+            (
+                listener(unix("/run/metrics.sock"), false, "metrics", &[]),
+                None,
+            ),
+            (
+                listener(Bind::Tcp { port: 9000 }, true, "manhole", &[]),
+                None,
+            ),
+        ];
+        for (l, expected) in cases {
+            let blind = unseen_listener(&l);
+            assert_eq!(
+                blind.as_ref().map(|b| (b.capability.as_str(), b.severity)),
+                expected,
+                "{l:?}"
+            );
+            if let Some(b) = blind {
+                assert!(b.why.contains("loopback TCP listener"), "{}", b.why);
+            }
+        }
+        let b = unseen_listener(&listener(
+            unix(sock),
+            false,
+            "http",
+            &["client", "federation"],
+        ))
+        .unwrap();
+        assert!(
+            b.why.starts_with(
+                "Synapse serves the client, federation resources on the UNIX socket \
+                 /run/synapse/main.sock, which the sensor cannot watch"
+            ),
+            "{}",
+            b.why
+        );
+        let b = unseen_listener(&listener(Bind::Tcp { port: 8448 }, true, "http", &[])).unwrap();
+        assert!(
+            b.why
+                .contains("http requests with its own TLS on port 8448")
+                && b.why.contains("request heads are encrypted"),
+            "{}",
+            b.why
+        );
     }
 }

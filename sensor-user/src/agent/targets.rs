@@ -24,9 +24,9 @@ impl Agent {
         for arg in &targets.cgroups {
             let (rel, _) = discover::resolve_cgroup_arg(&self.cgroup_mount, arg)?;
             let pids = discover::cgroup_procs(&self.cgroup_mount, &rel)?;
-            // The first Synapse of the cgroup names the configuration (for server_name),
-            // as in discovery; only until server_name is known.
-            if configs.is_empty() && self.attribution.server_name.is_none() {
+            // The first Synapse of the cgroup names the configuration (its server_name and
+            // listeners), as in discovery.
+            if configs.is_empty() {
                 configs = pids
                     .iter()
                     .filter_map(|&pid| {
@@ -108,7 +108,7 @@ impl Agent {
             );
             self.nothing_found = true;
         }
-        self.learn_server_name(configs);
+        self.learn_synapse_config(configs, at_start);
         let mut next: BTreeMap<String, Watched> = BTreeMap::new();
         let mut unwatchable = BTreeMap::new();
         for group in groups {
@@ -161,23 +161,41 @@ impl Agent {
         Ok(())
     }
 
-    /// Reads `server_name` from the watched Synapse's configuration, unless configured.
-    fn learn_server_name(&mut self, configs: Vec<PathBuf>) {
-        if self.opts.config.attribution.server_name.is_some()
-            || configs.is_empty()
-            || configs == self.synapse_config
-        {
+    /// Reads the watched Synapse's configuration when its paths change: its `server_name`
+    /// (unless configured) and its listeners, some of which the sensor cannot see (see
+    /// `Agent::blind`). Paths gone (no Synapse found) keep what was read. A file that cannot
+    /// be read is a warning: the sensor runs on without what it would have said.
+    fn learn_synapse_config(&mut self, configs: Vec<PathBuf>, at_start: bool) {
+        if configs.is_empty() || configs == self.synapse_config {
             return;
         }
-        match synapse_config::server_name(&configs) {
-            Ok(Some(name)) => {
-                tracing::info!("server_name {name} (from {configs:?})");
-                self.attribution.server_name = Some(name);
+        if self.opts.config.attribution.server_name.is_none() {
+            match synapse_config::server_name(&configs) {
+                Ok(Some(name)) => {
+                    tracing::info!("server_name {name} (from {configs:?})");
+                    self.attribution.server_name = Some(name);
+                }
+                Ok(None) => tracing::warn!(
+                    "no server_name in {configs:?}: users are not named; set attribution.server_name"
+                ),
+                Err(e) => tracing::warn!("{e}; set attribution.server_name to name users"),
             }
-            Ok(None) => tracing::warn!(
-                "no server_name in {configs:?}: users are not named; set attribution.server_name"
-            ),
-            Err(e) => tracing::warn!("{e}; set attribution.server_name to name users"),
+        }
+        match synapse_config::listeners(&configs) {
+            Ok(listeners) => self.synapse_listeners = listeners,
+            Err(e) => {
+                tracing::warn!(
+                    "{e}; whether Synapse serves HTTP where the sensor cannot see it (a UNIX \
+                     socket, its own TLS) is not known"
+                );
+                self.synapse_listeners.clear();
+            }
+        }
+        // At start, `report_start` says it with the rest of what the sensor runs without.
+        if !at_start {
+            for blind in self.unseen_listeners() {
+                tracing::warn!("running without {}: {}", blind.capability, blind.why);
+            }
         }
         self.synapse_config = configs;
     }
