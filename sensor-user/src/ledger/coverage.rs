@@ -41,8 +41,9 @@ pub enum Coverage {
 
 impl Coverage {
     /// What the agent's health check finds it runs without (`Agent::blind`): `request_heads`
-    /// is `Blind`; `request_heads:CGROUP` and `unwatchable:CGROUP` are `Partial`, their
-    /// reasons joined; anything else (or nothing) is `Full`.
+    /// is `Blind`; `request_heads:CGROUP`, `unwatchable:CGROUP` and `listener:WHICH` (a
+    /// Synapse listener the sensor cannot read) are `Partial`, their reasons joined;
+    /// anything else (or nothing) is `Full`.
     pub fn from_blind(blind: &[Blind]) -> Coverage {
         if let Some(b) = blind.iter().find(|b| b.capability == "request_heads") {
             return Coverage::Blind { why: b.why.clone() };
@@ -53,7 +54,8 @@ impl Coverage {
                 let cgroup = b
                     .capability
                     .strip_prefix("request_heads:")
-                    .or_else(|| b.capability.strip_prefix("unwatchable:"))?;
+                    .or_else(|| b.capability.strip_prefix("unwatchable:"))
+                    .or_else(|| b.capability.strip_prefix("listener:"))?;
                 Some(format!("{cgroup}: {}", b.why))
             })
             .collect();

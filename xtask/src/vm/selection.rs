@@ -22,6 +22,7 @@ pub const EXCLUDED: &[(&str, &str)] = &[
         "discovery::new_synapse_workers_are_watched_within_a_second_and_dropped_when_gone",
         "needs python3 (the stand-in Synapse)",
     ),
+    ("listeners::", "needs python3 (the stand-in Synapse)"),
     (
         "requests::proxied_requests_name_the_client_the_token_and_the_user",
         "needs nginx",

@@ -254,8 +254,13 @@ fn coverage_comes_from_what_the_health_check_finds_missing() {
     };
     assert_eq!(Coverage::from_blind(&[]), Coverage::Full);
     assert_eq!(
-        Coverage::from_blind(&[b("listener:/run/s.sock", "x")]),
+        Coverage::from_blind(&[b("something_else", "x")]),
         Coverage::Full
+    );
+    // Requests on a listener the sensor cannot read are not in the ledger either.
+    assert_eq!(
+        Coverage::from_blind(&[b("listener:unix:/run/s.sock", "x")]),
+        partial("unix:/run/s.sock: x")
     );
     assert_eq!(
         Coverage::from_blind(&[
