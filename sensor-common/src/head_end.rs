@@ -152,7 +152,11 @@ mod tests {
             let marks = (0..8)
                 .filter(|k| set >> k & 1 == 1)
                 .fold(0u64, |m, k| m | 1 << (8 * k + 7));
-            assert_eq!(first_marked(marks), set.trailing_zeros() as usize, "{marks:#x}");
+            assert_eq!(
+                first_marked(marks),
+                set.trailing_zeros() as usize,
+                "{marks:#x}"
+            );
         }
     }
 

@@ -34,7 +34,9 @@ mod verify;
 
 pub use object::ObjectBuild;
 
-pub use verify::{BPF_LOOP_SINCE, ProgramLoad, TEST_REFUSE_HEADS_ENV, VERIFIED_INSNS_BUDGET, VERIFIER_LIMIT};
+pub use verify::{
+    BPF_LOOP_SINCE, ProgramLoad, TEST_REFUSE_HEADS_ENV, VERIFIED_INSNS_BUDGET, VERIFIER_LIMIT,
+};
 
 /// The kernel object this agent was built with (`cargo xtask build-ebpf`).
 #[cfg(ebpf_object)]
@@ -59,7 +61,9 @@ pub enum LoadError {
         what: &'static str,
         name: &'static str,
     },
-    #[error("the kernel (Linux {kernel}) refused program {program}, {purpose}; it said: \"{reason}\"{hint}")]
+    #[error(
+        "the kernel (Linux {kernel}) refused program {program}, {purpose}; it said: \"{reason}\"{hint}"
+    )]
     Refused {
         program: &'static str,
         purpose: &'static str,
@@ -186,11 +190,8 @@ impl Sensor {
             })?;
 
         let mut loads = BTreeMap::new();
-        let cgroup = verify::load_cgroup_programs(
-            &mut ebpf,
-            config.attribution.request_heads,
-            &mut loads,
-        )?;
+        let cgroup =
+            verify::load_cgroup_programs(&mut ebpf, config.attribution.request_heads, &mut loads)?;
         let sock_tracepoints = match &btf {
             None => Err("the kernel exposes no BTF at /sys/kernel/btf/vmlinux".to_string()),
             Some(btf) => verify::load_btf_tracepoints(&mut ebpf, btf, &mut loads),
