@@ -177,7 +177,7 @@ pub(super) fn load_syscall_tracepoints(
     Ok(())
 }
 
-/// A program the kernel refused.
+/// A program the kernel refused (or the object lacks).
 pub(super) struct Refusal {
     pub program: &'static str,
     /// The error with its causes, the verifier's log cut to its last lines.
@@ -185,8 +185,10 @@ pub(super) struct Refusal {
     /// The verifier's own reason (the last line of its log that is not a statistic), when
     /// it wrote one.
     pub verifier_says: Option<String>,
-    /// The error as it came, for the privilege check.
+    /// The kernel said EPERM, for the privilege check.
     pub permission_denied: bool,
+    /// Not the kernel's doing: the object has no such program (agent and object disagree).
+    pub missing: Option<LoadError>,
 }
 
 impl std::fmt::Display for Refusal {
@@ -209,6 +211,9 @@ impl Refusal {
     /// The error that stops the agent: one sentence with the program, what it does, the
     /// kernel and the verifier's reason.
     fn fatal(self, purpose: &'static str, hint: &'static str) -> LoadError {
+        if let Some(missing) = self.missing {
+            return missing;
+        }
         if self.permission_denied && self.verifier_says.is_none() {
             return LoadError::NotPrivileged;
         }
@@ -246,7 +251,7 @@ fn load_one(
         }
         Err(e) => {
             let (reason, log, permission_denied) = match &e {
-                LoadErrorOrProgram::Missing(e) => (e.to_string(), None, false),
+                LoadErrorOrProgram::Missing(missing) => (missing.to_string(), None, false),
                 LoadErrorOrProgram::Program(p) => {
                     let log = match p {
                         ProgramError::LoadError { verifier_log, .. } => {
@@ -271,6 +276,10 @@ fn load_one(
                 reason,
                 verifier_says: log.as_deref().and_then(verifier_reason),
                 permission_denied,
+                missing: match e {
+                    LoadErrorOrProgram::Missing(missing) => Some(missing),
+                    LoadErrorOrProgram::Program(_) => None,
+                },
             })
         }
     }
