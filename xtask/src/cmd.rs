@@ -39,6 +39,13 @@ pub fn ebpf_object() -> PathBuf {
     target_dir().join("bpfel-unknown-none/release/sensor")
 }
 
+/// Where `build-ebpf` records what built the object, beside it (`sensor.build`: `key=value`
+/// lines `bpf_linker`, `llvm`, `rustc`), for sensor-user's build.rs, which reads it at the
+/// object's path with the extension `build`.
+pub fn ebpf_build_record() -> PathBuf {
+    target_dir().join("bpfel-unknown-none/release/sensor.build")
+}
+
 /// `cargo` with the default (stable) toolchain, run in the workspace root.
 ///
 /// sensor-user's build.rs looks for the kernel object under `<workspace>/target`; when
@@ -145,17 +152,6 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         .with_context(|| format!("`{shown}` printed something that is not UTF-8"))?
         .trim()
         .to_owned())
-}
-
-/// True if the program runs and exits successfully with `--version` (output discarded).
-pub fn runs(program: &Path) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
 }
 
 /// The first executable file called `name` in the directories of `$PATH`.

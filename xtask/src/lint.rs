@@ -43,7 +43,12 @@ fn clippy_kernel(opts: &ebpf::Options) -> Result<()> {
     let nightly = Nightly::locate(&opts.toolchain)?;
     nightly.ensure_rust_src()?;
     // Linting does not link: use a bpf-linker if one is at hand, never build one for this.
-    let linker = toolchain::find_bpf_linker(&nightly, opts.bpf_linker.as_deref())?;
+    let linker = toolchain::find_bpf_linker(
+        &nightly,
+        opts.bpf_linker.as_deref(),
+        opts.toolchain_prefix.as_deref(),
+    )?
+    .map(|linker| linker.path);
     step(format!(
         "linting the kernel crate (cargo +{} clippy -p sensor-ebpf --target {})...",
         nightly.name,
