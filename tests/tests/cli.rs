@@ -305,12 +305,14 @@ fn each_error_says_its_cause_once() {
         .expect("run sensor");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let last = stderr_lines(&out).pop().unwrap_or_default();
+    // The C library's words for EADDRINUSE: glibc's and musl's (`vm-test`) differ.
+    let in_use = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
     assert_eq!(
         last,
         format!(
-            "homeserver-sensor: cannot listen for metrics on {addr}: Address already in use \
-             (os error 98); another process holds this port: stop it, or give the metrics \
-             listener another address (`[metrics] listen` in the configuration)"
+            "homeserver-sensor: cannot listen for metrics on {addr}: {in_use}; another process \
+             holds this port: stop it, or give the metrics listener another address \
+             (`[metrics] listen` in the configuration)"
         )
     );
     drop(taken);

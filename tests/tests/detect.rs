@@ -20,8 +20,18 @@ fn config() -> Config {
     c
 }
 
+/// Every alert but the one a kernel without `bpf_loop` (5.10) raises at start and again
+/// every `realert_s`: that the sensor runs without request heads (checked where it is the
+/// subject: `verifier::`, `requests::request_heads_can_be_turned_off`).
 fn alerts(records: &[Value]) -> Vec<&Value> {
-    records.iter().filter(|r| r["kind"] == "alert").collect()
+    records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "alert"
+                && !(r["rule"] == "sensor_health"
+                    && r["evidence"]["health"]["capability"] == "request_heads")
+        })
+        .collect()
 }
 
 /// Waits until the agent has read everything the kernel reported before now: a new
@@ -301,7 +311,7 @@ fn a_detached_program_is_an_alert_and_is_attached_again() {
     });
     let alert = records
         .iter()
-        .find(|r| r["rule"] == "sensor_health")
+        .find(|r| r["rule"] == "sensor_health" && r["evidence"]["health"]["issue"] == "detached")
         .unwrap();
     assert_eq!(alert["severity"], "critical", "{alert}");
     let program = alert["evidence"]["health"]["program"].as_str().unwrap();

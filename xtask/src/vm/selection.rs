@@ -24,6 +24,10 @@ pub const EXCLUDED: &[(&str, &str)] = &[
     ),
     ("listeners::", "needs python3 (the stand-in Synapse)"),
     (
+        "cli::run_with_nothing_to_watch_says_what_discovery_looks_for",
+        "needs python3 (the stand-in Synapse)",
+    ),
+    (
         "requests::proxied_requests_name_the_client_the_token_and_the_user",
         "needs nginx",
     ),
