@@ -5,9 +5,10 @@ use std::{
     ffi::OsStr,
     fmt::Display,
     fs,
+    io::{self, BufRead, BufReader},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -79,55 +80,37 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Passed and failed test counts, summed over `test result:` lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TestCounts {
-    pub passed: u64,
-    pub failed: u64,
-}
-
-impl TestCounts {
-    /// Adds the counts of a libtest summary line
-    /// (`test result: ok. 7 passed; 0 failed; 0 ignored; ...`); other lines add nothing.
-    pub fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim().strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            match what {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Runs `cargo test`-like command, echoing its stdout, and adds its summary lines to
-/// `counts`; fails unless it exits successfully.
-pub fn run_tests(cmd: &mut Command, counts: &mut TestCounts) -> Result<()> {
-    use std::io::{BufRead, BufReader};
+/// Runs a command with its stdout and stderr in one pipe, so that their lines come in the
+/// order they were written, and gives each line (without its end) to `on_line`; returns the
+/// exit status. Bytes that are not UTF-8 are replaced, not an error.
+pub fn run_merged(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<ExitStatus> {
     let shown = show(cmd);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{shown}`"))?;
-    let stdout = child.stdout.take().context("no stdout pipe")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.with_context(|| format!("cannot read the output of `{shown}`"))?;
-        println!("{line}");
-        counts.add_line(&line);
+    let (reader, writer) = io::pipe().context("cannot create a pipe")?;
+    let writer2 = writer
+        .try_clone()
+        .context("cannot duplicate a pipe's descriptor")?;
+    cmd.stdout(writer2).stderr(writer);
+    let spawned = cmd.spawn();
+    // The command keeps the pipe's write end until its stdio is replaced: reading would never
+    // see the end while this process holds it.
+    cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let mut child = spawned.with_context(|| format!("cannot start `{shown}`"))?;
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read the output of `{shown}`"))?;
+        if n == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf);
+        on_line(line.trim_end_matches(['\n', '\r']));
     }
-    let status = child
+    child
         .wait()
-        .with_context(|| format!("cannot wait for `{shown}`"))?;
-    ensure!(status.success(), "`{shown}` failed ({status})");
-    Ok(())
+        .with_context(|| format!("cannot wait for `{shown}`"))
 }
 
 /// Runs a command and returns its trimmed stdout; on failure the error carries the first
@@ -237,26 +220,4 @@ pub fn apt_install(what: &str, packages: &[&str]) -> Result<()> {
     step("refreshing the package lists (apt-get update) and trying again...");
     run(root.command("apt-get").args(["-q", "update"]))?;
     install().with_context(|| format!("cannot install {}", packages.join(" ")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TestCounts;
-
-    #[test]
-    fn sums_libtest_summaries() {
-        let mut c = TestCounts::default();
-        c.add_line("test result: ok. 66 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.06s");
-        c.add_line(
-            "test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
-        );
-        c.add_line("test foo ... ok");
-        assert_eq!(
-            c,
-            TestCounts {
-                passed: 71,
-                failed: 2
-            }
-        );
-    }
 }
