@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build the kernel programs (sensor-ebpf) into target/bpfel-unknown-none/release/sensor,
-    /// installing rust-src and bpf-linker first if they are missing.
+    /// installing rust-src and the pinned bpf-linker first if they are missing, and record
+    /// what built it in sensor.build beside it.
     BuildEbpf(ebpf::BuildEbpfOptions),
     /// Build the kernel programs, then the agent (homeserver-sensor) that embeds them.
     Build(run::BuildOptions),
