@@ -120,6 +120,32 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one: written
+/// to `tmp` (mode 0600), `fsync`ed, renamed over `path`, then the directory `fsync`ed (a
+/// failure of that last step is only logged: the data is already safe in the file).
+pub fn replace_file(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
+    if let Err(e) = sync_dir(dir) {
+        tracing::debug!(error = %e, "cannot fsync the ledger directory");
+    }
+    Ok(())
+}
+
 /// What an append did.
 #[derive(Debug, Default)]
 pub struct Appended {
@@ -329,26 +355,7 @@ pub fn compact(dir: &Path, hour: u64) -> io::Result<Compacted> {
     }
     done.unreadable = unreadable.len() as u64;
     done.lines_after += done.unreadable;
-    let tmp = dir.join(tmp_name(hour));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        file.write_all(&out)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if let Err(e) = sync_dir(dir) {
-        tracing::debug!(error = %e, "cannot fsync the ledger directory");
-    }
+    replace_file(dir, &dir.join(tmp_name(hour)), &path, &out)?;
     done.bytes_after = out.len() as u64;
     Ok(done)
 }

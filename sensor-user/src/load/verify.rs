@@ -188,7 +188,7 @@ pub(super) struct Refusal {
     /// The kernel said EPERM, for the privilege check.
     pub permission_denied: bool,
     /// Not the kernel's doing: the object has no such program (agent and object disagree).
-    pub missing: Option<LoadError>,
+    pub missing: Option<Box<LoadError>>,
 }
 
 impl std::fmt::Display for Refusal {
@@ -212,7 +212,7 @@ impl Refusal {
     /// kernel and the verifier's reason.
     fn fatal(self, purpose: &'static str, hint: &'static str) -> LoadError {
         if let Some(missing) = self.missing {
-            return missing;
+            return *missing;
         }
         if self.permission_denied && self.verifier_says.is_none() {
             return LoadError::NotPrivileged;
@@ -277,7 +277,7 @@ fn load_one(
                 verifier_says: log.as_deref().and_then(verifier_reason),
                 permission_denied,
                 missing: match e {
-                    LoadErrorOrProgram::Missing(missing) => Some(missing),
+                    LoadErrorOrProgram::Missing(missing) => Some(Box::new(missing)),
                     LoadErrorOrProgram::Program(_) => None,
                 },
             })

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Coverage, Event, FILE, Record};
-use crate::ledger::segment::sync_dir;
+use crate::ledger::segment::{replace_file, sync_dir};
 
 /// Records kept at most: past it, the oldest are dropped at the next prune. A few records
 /// per agent start is the usual; this bounds a `why` that keeps changing (about 4 MB at
@@ -198,26 +198,7 @@ impl Writer {
             out.extend_from_slice(line);
             out.push(b'\n');
         }
-        let tmp = self.dir.join(TMP);
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            file.write_all(&out)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        if let Err(e) = sync_dir(&self.dir) {
-            tracing::debug!(error = %e, "cannot fsync the ledger directory");
-        }
+        replace_file(&self.dir, &self.dir.join(TMP), &path, &out)?;
         self.on_disk = Some(parsed[from..].iter().flatten().map(|r| r.at_ms).collect());
         Ok(drop)
     }
