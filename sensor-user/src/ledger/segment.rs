@@ -115,6 +115,17 @@ fn open_read(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Opens a ledger file to append to, creating it (mode 0600); never through a symlink.
+pub fn open_for_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// Makes a directory entry durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -185,14 +196,7 @@ pub fn append(
         source,
         rolled_back: true,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(fail)?;
+    let mut file = open_for_append(&path).map_err(fail)?;
     let len = file.metadata().map_err(fail)?.len();
     let mut out = Vec::with_capacity(body.len() + 128);
     let mut done = Appended::default();

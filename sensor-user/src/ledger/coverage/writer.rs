@@ -1,13 +1,13 @@
 //! Appending to the coverage log (one write, then `fdatasync`), and its retention (a
 //! rewrite to a temporary file renamed over the log).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{Coverage, Event, FILE, Record};
-use crate::ledger::segment::{replace_file, sync_dir};
+use crate::ledger::segment::{open_for_append, replace_file, sync_dir};
 
 /// Records kept at most: past it, the oldest are dropped at the next prune. A few records
 /// per agent start is the usual; this bounds a `why` that keeps changing (about 4 MB at
@@ -110,13 +110,7 @@ impl Writer {
         if self.unwritten.is_empty() {
             return Ok(Appended::default());
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(self.path())?;
+        let mut file = open_for_append(&self.path())?;
         let len = file.metadata()?.len();
         let mut done = Appended {
             records: self.unwritten.len(),
